@@ -1,0 +1,5 @@
+import sys
+
+from bigl.cli import main
+
+sys.exit(main())
