@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from bigl import __version__
 from bigl.errors import BiglError
+from bigl.io import SEQUENCES
+from bigl.train import TrainConfig
+
+TRAIN_DEFAULTS = TrainConfig()
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -17,6 +23,123 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     paths = write_dataset(args.out, n_cases=args.n_cases, seed=args.seed, preset=args.preset,
                           overwrite=args.overwrite)
     print(f"wrote {len(paths)} phantom cases to {args.out}")
+    return 0
+
+
+class TextProgress:
+    """A one-line text progress bar on stderr, fed by the library's progress callback."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.2 and p.step < p.total):
+            return
+        self._last = now
+        width = 30
+        done = int(width * p.fraction)
+        eta = f" ETA {p.eta_s:.0f}s" if p.eta_s is not None else ""
+        extra = " ".join(f"{k}={v:.3g}" for k, v in list(p.metrics.items())[:4])
+        end = "\n" if p.step >= p.total else ""
+        print(f"\r{p.stage:9s} [{'#' * done}{'.' * (width - done)}] {p.step}/{p.total}{eta} {extra}"[:160],
+              end=end, file=sys.stderr, flush=True)
+
+
+def _sample_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "sample_data"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bigl.models.segmenter import SegmenterConfig
+    from bigl.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      val_every=args.val_every, segmenter=SegmenterConfig(attention=not args.no_attention))
+    result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
+                   progress=TextProgress())
+    print(f"trained {args.modality} segmenter in {result.seconds:.0f} s; best validation mean Dice "
+          f"{100 * result.best_dice:.1f} %")
+    print(f"best bundle: {result.best_path}\nlast bundle: {result.last_path}")
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from bigl.checkpoint import load_bundle
+    from bigl.infer import segment_volume
+    from bigl.io import read_input, write_like
+
+    outputs = [Path(p) for p in (args.out, args.attention, args.probabilities) if p]
+    for p in outputs:
+        if p.exists() and not args.overwrite:
+            raise BiglError(f"{p} already exists; pass --overwrite to replace it or choose another path")
+    bundle = load_bundle(args.model)
+    volume, sequence = read_input(args.input, args.modality)
+    t0 = time.perf_counter()
+    seg = segment_volume(bundle, volume, sequence=sequence, device=args.device, progress=TextProgress())
+    write_like(seg.labels, volume, args.out, overwrite=args.overwrite)
+    if args.attention:
+        write_like(seg.attention, volume, args.attention, overwrite=args.overwrite)
+    if args.probabilities:
+        write_like(seg.probabilities, volume, args.probabilities, overwrite=args.overwrite)
+    vols = ", ".join(f"{k} {v:.1f} ml" for k, v in seg.volumes_ml.items())
+    print(f"segmented {volume.path} ({sequence or 'sequence unknown'}) in {time.perf_counter() - t0:.1f} s: {vols}")
+    print(f"wrote {', '.join(str(p) for p in outputs)}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bigl.checkpoint import load_bundle
+    from bigl.evaluate import evaluate_dataset, format_table, write_json
+
+    bundle = load_bundle(args.model)
+    result = evaluate_dataset(bundle, args.data, args.modality, device=args.device, progress=TextProgress())
+    print(format_table(result["summary"], f"{args.model} on {args.data} ({args.modality}, "
+                                          f"{len(result['per_case'])} cases)"))
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from bigl.adapt import AdaptConfig, adapt
+    from bigl.checkpoint import load_bundle, save_bundle
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise BiglError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    cfg = AdaptConfig(method=args.method, self_train=args.self_train, seed=args.seed,
+                      **({"steps": args.steps} if args.steps is not None else {}))
+    source = load_bundle(args.model)
+    if args.source_modality not in source.sequences:
+        raise BiglError(f"{args.model} was trained on {', '.join(source.sequences)}, not {args.source_modality}; "
+                        "pass the bundle's own sequence as --source-modality")
+    result = adapt(source, args.source_data, args.source_modality, args.target_data, args.target_modality, cfg,
+                   device=args.device, progress=TextProgress())
+    save_bundle(result.bundle, out, overwrite=args.overwrite)
+    print(f"adapted {args.source_modality} -> {args.target_modality} with {args.method} in {result.seconds:.0f} s "
+          f"(kept step {result.chosen_step} by unsupervised selection); wrote {out}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from bigl.adapt import AdaptConfig
+    from bigl.benchmark import run_benchmark
+
+    tcfg = TrainConfig(**({"steps": args.train_steps} if args.train_steps else {}))
+    acfg = AdaptConfig(**({"steps": args.steps} if args.steps else {}))
+    results = run_benchmark(args.data, args.source, args.target, args.out, seeds=tuple(args.seeds),
+                            train_config=tcfg, adapt_config=acfg, device=args.device, progress=TextProgress())
+    print((Path(args.out) / "results.md").read_text())
+    print(f"benchmark took {results['seconds']:.0f} s; wrote {args.out}/results.md, results.json, figure.png")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from bigl.demo import run_demo
+
+    print(run_demo(args.data or _sample_dir(), device=args.device))
     return 0
 
 
@@ -33,7 +156,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small", help="size preset: tiny | small | brats")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("train", help="train a segmenter with labels on one sequence")
+    p.add_argument("--data", required=True, help="BraTS-layout dataset folder (case folders with seg files)")
+    p.add_argument("--modality", required=True, choices=SEQUENCES, help="input sequence to train on")
+    p.add_argument("--out", required=True, help="bundle to write (best model), e.g. model_t1.safetensors")
+    p.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)
+    p.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
+    p.add_argument("--lr", type=float, default=TRAIN_DEFAULTS.lr)
+    p.add_argument("--val-every", type=int, default=TRAIN_DEFAULTS.val_every)
+    p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
+    _common(p, seed=True)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("segment", help="segment one volume or case folder")
+    p.add_argument("--model", default=None, help="model bundle (default: the bundled demo model)")
+    p.add_argument("--input", required=True, help="a .nii/.nii.gz file or a BraTS case folder")
+    p.add_argument("--modality", choices=SEQUENCES, help="input sequence (guessed from the file name if omitted)")
+    p.add_argument("--out", required=True, help="label volume to write (.nii.gz), on the input's grid")
+    p.add_argument("--attention", help="also write the attention summary volume here")
+    p.add_argument("--probabilities", help="also write the 4 class probabilities (4D NIfTI) here")
+    _common(p)
+    p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("evaluate", help="Dice/HD95 of a model on a labelled dataset")
+    p.add_argument("--model", default=None, help="model bundle (default: the bundled demo model)")
+    p.add_argument("--data", required=True, help="BraTS-layout dataset folder with seg files")
+    p.add_argument("--modality", required=True, choices=SEQUENCES)
+    p.add_argument("--json", help="write per-case and summary results to this JSON file")
+    _common(p, overwrite=False)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("adapt", help="adapt a model to an unlabelled target sequence (BiGL or a baseline)")
+    p.add_argument("--model", required=True, help="source model bundle (trained with labels on --source-modality)")
+    p.add_argument("--source-data", required=True, help="labelled source dataset folder")
+    p.add_argument("--source-modality", required=True, choices=SEQUENCES)
+    p.add_argument("--target-data", required=True, help="target dataset folder (only images are read, never labels)")
+    p.add_argument("--target-modality", required=True, choices=SEQUENCES)
+    p.add_argument("--out", required=True, help="adapted bundle to write (.safetensors)")
+    p.add_argument("--method", default="bigl", choices=("bigl", "adaptseg", "translate", "cycada", "source-only"))
+    p.add_argument("--self-train", action="store_true", help="add pseudo-label self-training after alignment")
+    p.add_argument("--steps", type=int, default=None, help="alignment steps (default from AdaptConfig)")
+    _common(p, seed=True)
+    p.set_defaults(func=_cmd_adapt)
+
+    p = sub.add_parser("benchmark", help="compare BiGL with baselines and ablations on one dataset")
+    p.add_argument("--data", required=True, help="labelled dataset folder (split into source/target/test by subject)")
+    p.add_argument("--source", required=True, choices=SEQUENCES)
+    p.add_argument("--target", required=True, choices=SEQUENCES)
+    p.add_argument("--out", required=True, help="results folder (results.md, results.json, figure.png)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=None, help="alignment steps per method")
+    p.add_argument("--train-steps", type=int, default=None, help="supervised steps for source/target-only models")
+    _common(p, overwrite=False)
+    p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("demo", help="segment the bundled sample cases with the demo model and print metrics")
+    p.add_argument("--data", default=None, help="dataset folder (default: the repository's sample_data/)")
+    _common(p, overwrite=False)
+    p.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _common(p: argparse.ArgumentParser, *, seed: bool = False, overwrite: bool = True) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto = cuda when available)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

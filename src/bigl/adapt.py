@@ -1,0 +1,485 @@
+"""BiGL unsupervised domain adaptation, the baselines, self-training and unsupervised checkpoint selection.
+
+Paper symbols -> code names:
+
+- x_s, y_s: source slices and labels (``xs``, ``ys``); x_t: unlabelled target slices (``xt``).
+- G_s→t, G_t→s: the stage-1 generators (``g_s2t``, ``g_t2s``); x_s→t = G_s→t(x_s), x_t→s = G_t→s(x_t).
+- Φ: the shared dual-attention U-Net (``seg``), initialised from the source bundle.
+- ξ, A_pos, A_cha: ``out.feature``, ``out.position_attention``, ``out.channel_attention``.
+- D^Feat_s / D^Feat_t, D^Pos_s / D^Pos_t, D^Cha_s / D^Cha_t: source-/target-side alignment
+  discriminators (``disc["feat_s"]`` ...). D_s separates x_s (real, 1) from x_t→s (0); D_t
+  separates x_s→t (1) from x_t (0). Φ is updated to make the unlabelled side look labelled.
+- Eq. 4 L_seg, Eq. 5 L_out, Eqs. 6–9 adversarial terms, Eq. 10 the total.
+
+Stage 1 trains the translator (unpaired CycleGAN objective: LSGAN + λ_cyc·cycle + λ_id·identity;
+the paper's paired L1 term of Eq. 1 only with ``paired=True``), then freezes it. Stage 2 alternates,
+every step: update Φ with the discriminators frozen, then the discriminators on detached inputs.
+Choices the paper leaves open are fields of :class:`AdaptConfig`, documented in docs/adaptation.md.
+
+Target labels are never read: target data enter only through :func:`bigl.io.load_images`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bigl.checkpoint import Bundle
+from bigl.errors import BiglError
+from bigl.infer import predict_prepared, resolve_device
+from bigl.io import SEQUENCES, Case, Volume, list_cases, load_images
+from bigl.losses import adversarial_loss, lsgan_loss, output_consistency, segmentation_loss
+from bigl.metrics import dice
+from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionDiscriminator,
+                                        FeatureDiscriminator, PatchDiscriminator, PatchDiscriminatorConfig)
+from bigl.models.segmenter import DualAttentionUNet
+from bigl.models.translator import Generator, TranslatorConfig
+from bigl.preprocess import PreparedVolume, SliceSampler, patch_size_for, prepare
+from bigl.progress import CancelFn, ProgressFn, Reporter
+from bigl.train import load_prepared, poly_lr, sample_batch, seed_everything
+
+log = logging.getLogger(__name__)
+
+METHODS = ("bigl", "adaptseg", "translate", "cycada", "source-only")
+
+
+@dataclass
+class TranslatorTrainConfig:
+    """Stage 1: the bidirectional translator (trained first, then frozen)."""
+
+    steps: int = 400
+    batch_size: int = 4
+    lr: float = 2e-4
+    lambda_cyc: float = 10.0
+    lambda_id: float = 0.5        # small: T1 and T2 invert contrasts, a strong identity term fights that
+    paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs
+    lambda_paired: float = 10.0
+    translator: TranslatorConfig = field(default_factory=lambda: TranslatorConfig(width=16, n_res_blocks=3))
+    discriminator: PatchDiscriminatorConfig = field(default_factory=lambda: PatchDiscriminatorConfig(width=32))
+
+
+@dataclass
+class AdaptConfig:
+    """Stage 2 and beyond. Paper defaults where the paper gives them (Eq. 10, Sec. 4.1)."""
+
+    method: str = "bigl"
+    steps: int = 400
+    batch_size: int = 6           # per stream; BiGL runs 4 streams per step
+    lr: float = 5e-4              # Φ starts from the source model, so a fine-tuning rate (paper: 5e-3 from scratch)
+    lr_power: float = 0.75        # polynomial decay (paper)
+    lr_d: float = 5e-5            # discriminators, constant (paper)
+    lambda_out: float = 1e-3      # L_out weight (paper)
+    lambda_gtl: float = 0.1       # feature + attention adversarial weight (paper)
+    lambda_adv_out: float = 1e-3  # AdaptSegNet / CyCADA output-space adversarial weight
+    use_output: bool = True       # BiGL ablations (Tables 3–4)
+    use_feature: bool = True
+    use_attention: bool = True
+    ramp_fraction: float = 0.25   # adversarial weights ramp linearly from 0 over this share of the steps
+    tumour_fraction: float = 0.3  # source slices drawn from tumour slices (target: uniform over brain)
+    jitter: int = 8
+    checkpoint_every: int = 100   # snapshot + unsupervised selection score
+    selection_volumes: int = 4    # target volumes scored for selection
+    select: bool = True           # keep the snapshot with the best unsupervised score (else the last)
+    self_train: bool = False
+    self_train_rounds: int = 2
+    self_train_steps: int = 150
+    pseudo_threshold: float = 0.9
+    inference: str = "direct"     # "direct": Φ(x_t); "translate": Φ(G_t→s(x_t)); "ensemble": mean of both
+    seed: int = 0
+    translator: TranslatorTrainConfig = field(default_factory=TranslatorTrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise BiglError(f"unknown adaptation method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.inference not in ("direct", "translate", "ensemble"):
+            raise BiglError(f"unknown inference mode {self.inference!r}; use direct, translate or ensemble")
+
+
+@dataclass
+class Snapshot:
+    step: int
+    stage: str
+    score: float                       # unsupervised selection score (higher is better)
+    state: dict[str, torch.Tensor]     # Φ weights on CPU
+
+
+@dataclass
+class AdaptResult:
+    bundle: Bundle
+    snapshots: list[Snapshot]
+    chosen_step: int
+    history: list[dict[str, float]]
+    seconds: float
+
+
+PreviewFn = Callable[[int, Bundle], None]
+
+
+# ----------------------------------------------------------------------------- data
+def _prepare_target(target: Any, sequence: str) -> list[PreparedVolume]:
+    """Unlabelled target volumes from a dataset folder, a list of cases, volumes or arrays. Never reads labels."""
+    if isinstance(target, (str, Path)):
+        target = list_cases(target)
+    if isinstance(target, (Volume, np.ndarray)):
+        target = [target]
+    out = []
+    for i, item in enumerate(target):
+        if isinstance(item, Case):
+            out.append(prepare(load_images(item, [sequence])[sequence].data, name=item.case_id))
+        else:
+            data = item.data if isinstance(item, Volume) else np.asarray(item)
+            if data.ndim != 3:
+                raise BiglError(f"target volume {i} has shape {data.shape}; adaptation needs 3D (z, y, x) volumes")
+            out.append(prepare(data, name=f"target_{i}"))
+    if not out:
+        raise BiglError("no target images were given; pass a folder of unlabelled target cases or an open series")
+    return out
+
+
+def _masks(x: torch.Tensor) -> torch.Tensor:
+    return (x != 0).float()
+
+
+# ----------------------------------------------------------------------------- stage 1
+def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch: tuple[int, int],
+                     cfg: TranslatorTrainConfig, rng: np.random.Generator, device: torch.device,
+                     progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> tuple[Generator, Generator]:
+    """Stage 1: G_s→t and G_t→s with PatchGAN discriminators; returns both generators frozen, in eval mode."""
+    g_s2t, g_t2s = Generator(cfg.translator).to(device), Generator(cfg.translator).to(device)
+    d_t, d_s = PatchDiscriminator(cfg.discriminator).to(device), PatchDiscriminator(cfg.discriminator).to(device)
+    opt_g = torch.optim.Adam(list(g_s2t.parameters()) + list(g_t2s.parameters()), lr=cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(list(d_t.parameters()) + list(d_s.parameters()), lr=cfg.lr, betas=(0.5, 0.999))
+    # Same slice distribution in both domains: a tumour-rich source against plain target slices would
+    # teach the translator to erase tumours to fool D_t.
+    samp_s, samp_t = SliceSampler(src, 0.0), SliceSampler(tgt, 0.0)
+    report = Reporter("translator", cfg.steps, progress, cancel)
+    for step in range(1, cfg.steps + 1):
+        if cfg.paired:
+            xs, xt = _paired_batch(src, tgt, samp_s, patch, cfg.batch_size, rng)
+        else:
+            xs, _ = sample_batch(src, samp_s, patch, cfg.batch_size, rng, jitter=8, augment=True)
+            xt, _ = sample_batch(tgt, samp_t, patch, cfg.batch_size, rng, jitter=8, augment=True)
+        xs, xt = xs.to(device), xt.to(device)
+        ms, mt = _masks(xs), _masks(xt)
+        # generators, discriminators frozen
+        for d in (d_t, d_s):
+            d.requires_grad_(False)
+        fake_t, fake_s = g_s2t(xs, ms), g_t2s(xt, mt)
+        loss_gan = lsgan_loss(d_t(fake_t), True) + lsgan_loss(d_s(fake_s), True)
+        loss_cyc = F.l1_loss(g_t2s(fake_t, ms), xs) + F.l1_loss(g_s2t(fake_s, mt), xt)
+        loss_id = F.l1_loss(g_s2t(xt, mt), xt) + F.l1_loss(g_t2s(xs, ms), xs) if cfg.lambda_id else 0.0
+        loss_g = loss_gan + cfg.lambda_cyc * loss_cyc + cfg.lambda_id * loss_id
+        if cfg.paired:
+            loss_g = loss_g + cfg.lambda_paired * (F.l1_loss(fake_t, xt) + F.l1_loss(fake_s, xs))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        # discriminators on detached fakes
+        for d in (d_t, d_s):
+            d.requires_grad_(True)
+        loss_d = 0.5 * (lsgan_loss(d_t(xt), True) + lsgan_loss(d_t(fake_t.detach()), False)
+                        + lsgan_loss(d_s(xs), True) + lsgan_loss(d_s(fake_s.detach()), False))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        report(step, gan=float(loss_gan), cyc=float(loss_cyc), d=float(loss_d))
+    for g in (g_s2t, g_t2s):
+        g.eval().requires_grad_(False)
+    return g_s2t, g_t2s
+
+
+def _paired_batch(src, tgt, sampler, patch, batch_size, rng):
+    """Same subject, same slice, both sequences (paired mode only: source and target lists are the same cases)."""
+    from bigl.preprocess import crop_or_pad_2d
+
+    if len(src) != len(tgt):
+        raise BiglError("paired translator training needs the same cases in source and target data, in the same order")
+    xs, xt = [], []
+    for _ in range(batch_size):
+        i, k = sampler.sample(rng)
+        center = src[i].brain_center
+        xs.append(crop_or_pad_2d(src[i].image[k], center, patch))
+        xt.append(crop_or_pad_2d(tgt[i].image[k], center, patch))
+    return torch.from_numpy(np.stack(xs))[:, None], torch.from_numpy(np.stack(xt))[:, None]
+
+
+# ----------------------------------------------------------------------------- stage 2
+def _alignment_discriminators(seg: DualAttentionUNet, cfg: AdaptConfig, device: torch.device) -> nn.ModuleDict:
+    c = seg.config.widths[-1]
+    k = seg.config.num_classes
+    disc: dict[str, nn.Module] = {}
+    if cfg.method == "bigl":
+        if cfg.use_feature:
+            disc["feat_s"] = FeatureDiscriminator(AlignmentDiscriminatorConfig(in_channels=c))
+            disc["feat_t"] = FeatureDiscriminator(AlignmentDiscriminatorConfig(in_channels=c))
+        if cfg.use_attention and seg.config.attention:
+            for side in ("s", "t"):
+                disc[f"pos_{side}"] = AttentionDiscriminator(AlignmentDiscriminatorConfig(in_channels=1))
+                disc[f"cha_{side}"] = AttentionDiscriminator(AlignmentDiscriminatorConfig(in_channels=1))
+    elif cfg.method in ("adaptseg", "cycada"):
+        disc["out"] = PatchDiscriminator(PatchDiscriminatorConfig(in_channels=k, width=32, norm="none"))
+    return nn.ModuleDict(disc).to(device)
+
+
+def _pairs(outs: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(labelled side, unlabelled side) inputs of each alignment discriminator, by name."""
+    def att(o, name):
+        return getattr(o, name)[:, None]
+    return {
+        "feat_s": (outs["s"].feature, outs["t2s"].feature),
+        "feat_t": (outs["s2t"].feature, outs["t"].feature),
+        "pos_s": (att(outs["s"], "position_attention"), att(outs["t2s"], "position_attention")),
+        "pos_t": (att(outs["s2t"], "position_attention"), att(outs["t"], "position_attention")),
+        "cha_s": (att(outs["s"], "channel_attention"), att(outs["t2s"], "channel_attention")),
+        "cha_t": (att(outs["s2t"], "channel_attention"), att(outs["t"], "channel_attention")),
+    }
+
+
+def _output_pairs(outs: dict[str, Any], method: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    lab = outs["s2t"] if method == "cycada" else outs["s"]
+    return {"out": (torch.softmax(lab.logits, 1), torch.softmax(outs["t"].logits, 1))}
+
+
+def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, xs, ys, xt,
+                   g_s2t: Generator | None, g_t2s: Generator | None, cfg: AdaptConfig, ramp: float,
+                   pseudo: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """One alternating update (Φ, then the discriminators) for ``cfg.method``; returns the loss terms."""
+    ms, mt = _masks(xs), _masks(xt)
+    streams = {"s": xs}
+    with torch.no_grad():
+        if cfg.method in ("bigl", "cycada"):
+            streams["s2t"] = g_s2t(xs, ms)
+        if cfg.method == "bigl" or pseudo is not None:
+            streams["t2s"] = g_t2s(xt, mt)
+    if cfg.method == "cycada":
+        del streams["s"]
+    streams["t"] = xt
+    names = list(streams)
+    # one forward pass over all streams: BatchNorm sees every domain, as at test time
+    disc.requires_grad_(False)
+    seg.train()
+    big = seg(torch.cat([streams[n] for n in names]), return_extras=True)
+    sizes = [streams[n].shape[0] for n in names]
+    outs = {n: _split(big, i, sizes) for i, n in enumerate(names)}
+
+    terms: dict[str, torch.Tensor] = {}
+    labelled = [n for n in ("s", "s2t") if n in outs]
+    terms["seg"] = sum(segmentation_loss(outs[n].logits, ys) for n in labelled)
+    if cfg.method == "bigl" and cfg.use_output:
+        terms["out"] = cfg.lambda_out * output_consistency(outs["t"].logits, outs["t2s"].logits, mt)
+    if pseudo is not None:
+        plabel, _ = pseudo
+        terms["pseudo"] = sum(F.cross_entropy(outs[n].logits, plabel, ignore_index=-1)
+                              for n in ("t", "t2s") if n in outs)
+    pairs = _pairs(outs) if cfg.method == "bigl" else _output_pairs(outs, cfg.method)
+    weight = cfg.lambda_gtl if cfg.method == "bigl" else cfg.lambda_adv_out
+    adv = [adversarial_loss(disc[name](pairs[name][1]), True) for name in disc]
+    if adv:
+        terms["adv"] = ramp * weight * sum(adv)
+    loss = sum(terms.values())
+    opt_seg.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_seg.step()
+
+    if len(disc):
+        disc.requires_grad_(True)
+        loss_d = sum(adversarial_loss(disc[name](pairs[name][0].detach()), True)
+                     + adversarial_loss(disc[name](pairs[name][1].detach()), False) for name in disc)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        terms["disc"] = loss_d
+    return {k: float(v) for k, v in terms.items()}
+
+
+def _split(out, i: int, sizes: list[int]):
+    a = sum(sizes[:i])
+    b = a + sizes[i]
+    from bigl.models.segmenter import SegmenterOutput
+
+    pick = (lambda t: t[a:b] if t is not None else None)  # noqa: E731
+    return SegmenterOutput(out.logits[a:b], out.feature[a:b], pick(out.position_attention),
+                           pick(out.channel_attention))
+
+
+# ----------------------------------------------------------------------------- selection & pseudo-labels
+@torch.no_grad()
+def _predict_pair(seg: DualAttentionUNet, g_t2s: Generator, vol: PreparedVolume, device) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax of Φ(x_t) and Φ(x_t→s) over a whole target volume."""
+    p_t, _ = predict_prepared(seg, vol, device=device, with_attention=False)
+    p_t2s, _ = predict_prepared(seg, vol, device=device, with_attention=False, translator=g_t2s)
+    return p_t, p_t2s
+
+
+def selection_score(seg: DualAttentionUNet, g_t2s: Generator | None, vols: list[PreparedVolume], device) -> float:
+    """Unsupervised score: agreement (mean region Dice) between Φ(x_t) and Φ(x_t→s); no target labels.
+
+    Without a translator (AdaptSegNet, source-only) the score is the negative mean
+    prediction entropy inside the brain instead.
+    """
+    from bigl.preprocess import classes_to_labels
+    from bigl.metrics import REGIONS, region_mask
+
+    scores = []
+    for v in vols:
+        if g_t2s is None:
+            p, _ = predict_prepared(seg, v, device=device, with_attention=False)
+            ent = -(p * np.log(np.clip(p, 1e-8, 1))).sum(0) / np.log(p.shape[0])
+            scores.append(-float(ent[v.mask].mean()))
+            continue
+        p_t, p_t2s = _predict_pair(seg, g_t2s, v, device)
+        a, b = classes_to_labels(p_t.argmax(0)), classes_to_labels(p_t2s.argmax(0))
+        scores.append(float(np.mean([dice(region_mask(a, r), region_mask(b, r)) for r in REGIONS])))
+    return float(np.mean(scores))
+
+
+def pseudo_labels(seg: DualAttentionUNet, g_t2s: Generator, vols: list[PreparedVolume], threshold: float,
+                  device) -> list[PreparedVolume]:
+    """Target volumes labelled where Φ(x_t) and Φ(x_t→s) agree with mean confidence >= threshold, else -1 (ignored)."""
+    out = []
+    for v in vols:
+        p_t, p_t2s = _predict_pair(seg, g_t2s, v, device)
+        mean = 0.5 * (p_t + p_t2s)
+        lab = mean.argmax(0)
+        keep = (p_t.argmax(0) == p_t2s.argmax(0)) & (mean.max(0) >= threshold) & v.mask
+        target = np.where(keep, lab, -1).astype(np.int64)
+        target[~v.mask] = 0
+        out.append(replace(v, target=target))
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence: str, target: Any,
+          target_sequence: str, config: AdaptConfig | None = None, *, device: str | torch.device = "auto",
+          progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+          preview: PreviewFn | None = None, preview_every: int = 50,
+          translators: tuple[Generator, Generator] | None = None) -> AdaptResult:
+    """Adapt ``source`` (trained with labels on ``source_sequence``) to unlabelled ``target_sequence`` images.
+
+    ``source_data``: labelled cases (folder or list). ``target``: a folder of
+    cases, a list of cases, or volumes/arrays (z, y, x) — only images are read.
+    The source bundle is never modified (Φ is a copy); cancelling raises
+    :class:`~bigl.progress.Cancelled` and leaves nothing behind. ``preview``
+    gets ``(step, bundle)`` with a snapshot of Φ every ``preview_every`` steps.
+    ``translators`` = (G_s→t, G_t→s) reuses an already trained stage 1 (the
+    benchmark shares one translator between methods).
+    """
+    cfg = config or AdaptConfig()
+    for name, seq in (("source", source_sequence), ("target", target_sequence)):
+        if seq not in SEQUENCES:
+            raise BiglError(f"unknown {name} sequence {seq!r}; use one of {', '.join(SEQUENCES)}")
+    dev = resolve_device(device)
+    rng = seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+    seg = copy.deepcopy(source.segmenter).to(dev)
+    base = dict(sequences=(target_sequence,), source_sequence=source_sequence, normalization=source.normalization)
+
+    src_cases = list_cases(source_data) if not isinstance(source_data, list) else source_data
+    src = load_prepared(src_cases, source_sequence, labels=True)
+    tgt = _prepare_target(target, target_sequence)
+    patch = source.patch_size or patch_size_for(src + tgt, seg.stride)
+    patch = patch_size_for(src + tgt, seg.stride) if cfg.method != "source-only" else patch
+    provenance = {"command": "adapt", "method": cfg.method, "source_bundle": str(source.path) if source.path else None,
+                  "source_sequence": source_sequence, "target_sequence": target_sequence,
+                  "source_cases": [c.case_id for c in src_cases], "target_cases": [v.name for v in tgt],
+                  "config": _jsonable(asdict(cfg)), "device": str(dev)}
+
+    if cfg.method == "source-only":
+        bundle = Bundle(segmenter=seg.eval(), patch_size=patch, provenance=provenance, **base)
+        return AdaptResult(bundle, [], 0, [], time.perf_counter() - t0)
+
+    g_s2t = g_t2s = None
+    if translators is not None:
+        g_s2t, g_t2s = translators
+    elif cfg.method in ("bigl", "translate", "cycada") or cfg.self_train:
+        g_s2t, g_t2s = train_translator(src, tgt, patch, cfg.translator, rng, dev, progress, cancel)
+    sel_vols = tgt[:cfg.selection_volumes]
+    inference = "translate" if cfg.method == "translate" else cfg.inference
+    if cfg.method == "translate":
+        bundle = Bundle(segmenter=seg.eval(), patch_size=patch, provenance=provenance, translator_t2s=g_t2s,
+                        translator_s2t=g_s2t, inference=inference, **base)
+        return AdaptResult(bundle, [], 0, [], time.perf_counter() - t0)
+
+    disc = _alignment_discriminators(seg, cfg, dev)
+    opt_seg = torch.optim.Adam(seg.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if len(disc) else None
+    samp_s, samp_t = SliceSampler(src, cfg.tumour_fraction), SliceSampler(tgt, 0.0)
+
+    def snapshot_bundle() -> Bundle:
+        return Bundle(segmenter=copy.deepcopy(seg).eval(), patch_size=patch, provenance=provenance,
+                      translator_t2s=g_t2s, translator_s2t=g_s2t, inference=inference, **base)
+
+    snapshots: list[Snapshot] = []
+    history: list[dict[str, float]] = []
+
+    def take_snapshot(step: int, stage: str) -> None:
+        score = selection_score(seg, g_t2s, sel_vols, dev)
+        snapshots.append(Snapshot(step, stage, score, {k: v.detach().cpu().clone() for k, v in seg.state_dict().items()}))
+        history.append({"step": step, "selection_score": score})
+        log.info("%s step %d: selection score %.4f", stage, step, score)
+
+    def run(stage: str, steps: int, pseudo_vols: list[PreparedVolume] | None, step0: int) -> None:
+        report = Reporter(stage, steps, progress, cancel)
+        pseudo_sampler = SliceSampler(pseudo_vols, 0.0) if pseudo_vols else None
+        for step in range(1, steps + 1):
+            poly_lr(opt_seg, cfg.lr, step - 1, steps, cfg.lr_power)
+            xs, ys = sample_batch(src, samp_s, patch, cfg.batch_size, rng, jitter=cfg.jitter, augment=True)
+            if pseudo_sampler is not None:
+                xt, yt = sample_batch(pseudo_vols, pseudo_sampler, patch, cfg.batch_size, rng,
+                                      jitter=cfg.jitter, augment=True)
+                pseudo = (yt.to(dev), None)
+            else:
+                xt, _ = sample_batch(tgt, samp_t, patch, cfg.batch_size, rng, jitter=cfg.jitter, augment=True)
+                pseudo = None
+            ramp = min(1.0, step / max(1.0, cfg.ramp_fraction * steps)) if pseudo is None else 1.0
+            terms = alignment_step(seg, disc, opt_seg, opt_d, xs.to(dev), ys.to(dev), xt.to(dev), g_s2t, g_t2s,
+                                   cfg, ramp, pseudo)
+            report(step, **terms)
+            if preview is not None and (step0 + step) % preview_every == 0:
+                preview(step0 + step, snapshot_bundle())
+            if step % cfg.checkpoint_every == 0 or step == steps:
+                take_snapshot(step0 + step, stage)
+
+    run("align", cfg.steps, None, 0)
+    if cfg.self_train:
+        if g_t2s is None:
+            raise BiglError("self-training needs the translator (methods bigl or cycada)")
+        for r in range(cfg.self_train_rounds):
+            _load_best(seg, snapshots, cfg.select)
+            plabeled = pseudo_labels(seg, g_t2s, tgt, cfg.pseudo_threshold, dev)
+            covered = float(np.mean([(v.target >= 0)[v.mask].mean() for v in plabeled]))
+            log.info("self-training round %d: %.1f %% of target brain voxels pseudo-labelled", r + 1, 100 * covered)
+            history.append({"step": cfg.steps + r * cfg.self_train_steps, "pseudo_coverage": covered})
+            run(f"self-train {r + 1}", cfg.self_train_steps, plabeled, cfg.steps + r * cfg.self_train_steps)
+    chosen = _load_best(seg, snapshots, cfg.select)
+    provenance |= {"steps": cfg.steps, "chosen_step": chosen, "selection": [
+        {"step": s.step, "stage": s.stage, "score": s.score} for s in snapshots],
+        "seconds": round(time.perf_counter() - t0, 1)}
+    bundle = snapshot_bundle()
+    return AdaptResult(bundle, snapshots, chosen, history, time.perf_counter() - t0)
+
+
+def _load_best(seg: nn.Module, snapshots: list[Snapshot], select: bool) -> int:
+    if not snapshots:
+        return 0
+    pick = max(snapshots, key=lambda s: s.score) if select else snapshots[-1]
+    seg.load_state_dict(pick.state)
+    return pick.step
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj

@@ -1,0 +1,209 @@
+"""The comparison of the paper's Tables 1–4 on one dataset: baselines, BiGL ablations, self-training.
+
+Splits are subject-disjoint and seeded: ``source`` cases (labels of the source
+sequence used), ``target`` cases (only target-sequence images used, for
+adaptation; their labels are used by the *target-only* upper bound alone) and
+``test`` cases (target sequence with labels, for scoring only).
+Every method starts from the same source model and, where it translates, the
+same stage-1 translator, with the same step budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bigl.adapt import AdaptConfig, adapt
+from bigl.checkpoint import Bundle, save_bundle
+from bigl.errors import BiglError
+from bigl.evaluate import REGION_ORDER, evaluate_dataset
+from bigl.io import Case, list_cases, load_images, load_labels
+from bigl.progress import ProgressFn
+from bigl.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+# row name -> (method, AdaptConfig overrides)
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "Source only": ("source-only", {}),
+    "AdaptSegNet": ("adaptseg", {}),
+    "Translate only (CycleGAN)": ("translate", {}),
+    "CyCADA-style": ("cycada", {}),
+    "BiGL: output": ("bigl", {"use_feature": False, "use_attention": False}),
+    "BiGL: output + feature": ("bigl", {"use_attention": False}),
+    "BiGL: output + feature + attention": ("bigl", {}),
+    "BiGL + self-training": ("bigl", {"self_train": True}),
+}
+TARGET_ONLY = "Target only (upper bound)"
+
+
+@dataclass
+class Splits:
+    source: list[Case]
+    target: list[Case]
+    test: list[Case]
+
+
+def split_dataset(cases: list[Case], seed: int, fractions: tuple[float, float] = (0.4, 0.4)) -> Splits:
+    """Seeded subject-disjoint source / target / test split."""
+    if len(cases) < 6:
+        raise BiglError(f"the benchmark needs at least 6 labelled cases (2 per split), found {len(cases)}")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_s = max(2, int(round(fractions[0] * len(cases))))
+    n_t = max(2, int(round(fractions[1] * len(cases))))
+    pick = lambda idx: [cases[i] for i in sorted(idx)]  # noqa: E731
+    return Splits(pick(order[:n_s]), pick(order[n_s:n_s + n_t]), pick(order[n_s + n_t:]))
+
+
+def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str | Path, *,
+                  seeds: tuple[int, ...] = (0,), rows: tuple[str, ...] | None = None,
+                  train_config: TrainConfig | None = None, adapt_config: AdaptConfig | None = None,
+                  device: str = "auto", progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Run every row for every seed; write results.json, results.md and figure.png under ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = list_cases(data)
+    rows = rows or tuple(ROWS) + (TARGET_ONLY,)
+    unknown = [r for r in rows if r not in ROWS and r != TARGET_ONLY]
+    if unknown:
+        raise BiglError(f"unknown benchmark rows {unknown}; choose from {list(ROWS) + [TARGET_ONLY]}")
+    tcfg = train_config or TrainConfig()
+    acfg = adapt_config or AdaptConfig()
+    results: dict[str, Any] = {"data": str(data), "source": source_seq, "target": target_seq, "seeds": list(seeds),
+                               "runs": []}
+    t_start = time.perf_counter()
+    for seed in seeds:
+        splits = split_dataset(cases, seed)
+        log.info("seed %d: %d source, %d target, %d test cases", seed, len(splits.source), len(splits.target),
+                 len(splits.test))
+        seed_dir = out / f"seed{seed}"
+        src = train(splits.source, source_seq, seed_dir / f"source_{source_seq}.safetensors",
+                    replace(tcfg, seed=seed), device=device, overwrite=True, progress=progress).bundle
+        translators = None
+        for row in rows:
+            t0 = time.perf_counter()
+            if row == TARGET_ONLY:
+                bundle = train(splits.target, target_seq, seed_dir / f"target_{target_seq}.safetensors",
+                               replace(tcfg, seed=seed), device=device, overwrite=True, progress=progress).bundle
+                extra: dict[str, Any] = {}
+            else:
+                method, overrides = ROWS[row]
+                cfg = replace(acfg, method=method, seed=seed, **overrides)
+                res = adapt(src, splits.source, source_seq, splits.target, target_seq, cfg, device=device,
+                            progress=progress, translators=translators)
+                bundle = res.bundle
+                if bundle.translator_t2s is not None:
+                    translators = (bundle.translator_s2t, bundle.translator_t2s)
+                extra = {"chosen_step": res.chosen_step,
+                         "snapshots": _score_snapshots(bundle, res.snapshots, splits.test, target_seq, device)}
+            seconds = time.perf_counter() - t0
+            result = evaluate_dataset(bundle, splits.test, target_seq, device=device)
+            results["runs"].append({"row": row, "seed": seed, "seconds": round(seconds, 1),
+                                    "summary": result["summary"], "per_case": result["per_case"]} | extra)
+            log.info("seed %d %s: mean DSC %.1f %% (%.0f s)", seed, row,
+                     100 * result["summary"]["average"]["dice_mean"], seconds)
+            save_bundle(bundle, seed_dir / f"{_slug(row)}.safetensors", overwrite=True)
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+        if seed == seeds[0]:
+            make_figure(splits.test[0], target_seq, seed_dir, results, out / "figure.png", device)
+    results["seconds"] = round(time.perf_counter() - t_start, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    (out / "results.md").write_text(results_markdown(results))
+    return results
+
+
+def _score_snapshots(bundle: Bundle, snapshots, test: list[Case], sequence: str, device) -> list[dict[str, float]]:
+    """Target-label Dice of every snapshot (benchmark only): how close unsupervised selection gets to the best."""
+    import copy
+
+    scored = []
+    probe = copy.copy(bundle)
+    probe.segmenter = copy.deepcopy(bundle.segmenter)
+    for s in snapshots:
+        probe.segmenter.load_state_dict(s.state)
+        summary = evaluate_dataset(probe, test, sequence, device=device)["summary"]
+        scored.append({"step": s.step, "stage": s.stage, "selection_score": s.score,
+                       "test_dice": summary["average"]["dice_mean"]})
+    return scored
+
+
+def _aggregate(runs: list[dict[str, Any]], row: str) -> dict[str, Any] | None:
+    """Per region: mean over seeds of the per-seed case means, and mean over seeds of the per-seed case stds."""
+    mine = [r for r in runs if r["row"] == row]
+    if not mine:
+        return None
+    agg = {}
+    for region in REGION_ORDER:
+        agg[region] = {k: float(np.mean([r["summary"][region][k] for r in mine]))
+                       for k in ("dice_mean", "dice_std", "hd95_mean", "hd95_std")}
+        agg[region]["dice_seed_std"] = float(np.std([r["summary"][region]["dice_mean"] for r in mine]))
+    agg["seconds"] = float(np.mean([r["seconds"] for r in mine]))
+    agg["n_seeds"] = len(mine)
+    return agg
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    rows = list(dict.fromkeys(r["row"] for r in results["runs"]))
+    aggs = {row: _aggregate(results["runs"], row) for row in rows}
+    s, t = results["source"].upper(), results["target"].upper()
+    lines = [f"## {s} → {t} on {results['data']} (seeds {', '.join(map(str, results['seeds']))})", "",
+             "DSC (%), mean ± std over test cases (averaged over seeds):", "",
+             "| method | WT | TC | ET | average | s |", "|---|---|---|---|---|---|"]
+    for row, a in aggs.items():
+        lines.append(f"| {row} | " + " | ".join(f"{100 * a[r]['dice_mean']:.2f} ± {100 * a[r]['dice_std']:.2f}"
+                                                 for r in REGION_ORDER) + f" | {a['seconds']:.0f} |")
+    lines += ["", "HD95 (mm), mean ± std over test cases:", "", "| method | WT | TC | ET | average |",
+              "|---|---|---|---|---|"]
+    for row, a in aggs.items():
+        lines.append(f"| {row} | " + " | ".join(f"{a[r]['hd95_mean']:.2f} ± {a[r]['hd95_std']:.2f}"
+                                                 for r in REGION_ORDER) + " |")
+    lo, hi = aggs.get("Source only"), aggs.get(TARGET_ONLY)
+    if lo and hi:
+        gap = hi["average"]["dice_mean"] - lo["average"]["dice_mean"]
+        lines += ["", "Share of the source-only → target-only gap in average DSC closed:", ""]
+        for row, a in aggs.items():
+            if row not in ("Source only", TARGET_ONLY) and gap > 0:
+                closed = (a["average"]["dice_mean"] - lo["average"]["dice_mean"]) / gap
+                lines.append(f"- {row}: {100 * closed:.0f} % (average DSC {100 * a['average']['dice_mean']:.2f}"
+                             f" ± {100 * a['average']['dice_seed_std']:.2f} across seeds)")
+    sel = [r for r in results["runs"] if r.get("snapshots")]
+    if sel:
+        lines += ["", "Unsupervised checkpoint selection (agreement of Φ(x_t) and Φ(x_t→s), no target labels) "
+                  "vs the best snapshot by test labels (average DSC %):", "",
+                  "| method | seed | chosen step | chosen | best (oracle) | last |", "|---|---|---|---|---|---|"]
+        for r in sel:
+            snaps = r["snapshots"]
+            chosen = next(s for s in snaps if s["step"] == r["chosen_step"])
+            best = max(snaps, key=lambda s: s["test_dice"])
+            lines.append(f"| {r['row']} | {r['seed']} | {r['chosen_step']} | {100 * chosen['test_dice']:.2f} | "
+                         f"{100 * best['test_dice']:.2f} (step {best['step']}) | {100 * snaps[-1]['test_dice']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def make_figure(case: Case, sequence: str, seed_dir: Path, results: dict[str, Any], path: Path, device) -> Path:
+    """One test case's target slice with the ground truth and each method's prediction, side by side."""
+    from bigl.checkpoint import load_bundle
+    from bigl.infer import segment_volume
+    from bigl.render import label_overlay, save_png, tile
+
+    image = load_images(case, [sequence])[sequence]
+    ref = load_labels(case).data
+    k = int(np.argmax((ref > 0).sum(axis=(1, 2))))
+    panels = [("image", label_overlay(image.data[k], None)), ("ground truth", label_overlay(image.data[k], ref[k]))]
+    for row in dict.fromkeys(r["row"] for r in results["runs"] if r["seed"] == results["seeds"][0]):
+        bundle_path = seed_dir / f"{_slug(row)}.safetensors"
+        if bundle_path.exists():
+            seg = segment_volume(load_bundle(bundle_path), image, device=device, with_attention=False)
+            panels.append((row, label_overlay(image.data[k], seg.labels[k])))
+    return save_png(tile(panels), path)
+
+
+def _slug(row: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in row.lower()).strip("_")

@@ -1,0 +1,205 @@
+"""Volume inference: labels, class probabilities and an attention volume, all on the input grid.
+
+The segmenter is 2D; a volume is processed as a batch of axial slices. Only
+slices that contain brain are run, each cropped to the brain's in-plane
+bounding box (padded to the network stride); everything outside is
+background with probability 1. All outputs are `(z, y, x)` arrays aligned
+voxel for voxel with the input volume.
+
+Attention volume: for each slice, the position-attention matrix ``A_pos``
+(N x N over the N = h*w bottleneck cells) is summarised as the mean attention
+each cell *receives* (the column mean of ``A_pos``, scaled by N so that 1 means
+"average"), bilinearly upsampled to the slice. :func:`attention_query` returns
+one cell's *row* instead: where the network looks when it labels that pixel.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bigl.checkpoint import Bundle
+from bigl.errors import BiglError
+from bigl.io import Volume
+from bigl.metrics import region_volumes
+from bigl.models.segmenter import DualAttentionUNet
+from bigl.models.translator import Generator
+from bigl.preprocess import PreparedVolume, bounding_box, classes_to_labels, prepare, round_up
+from bigl.progress import CancelFn, ProgressFn, Reporter
+
+log = logging.getLogger(__name__)
+
+
+class SequenceMismatchWarning(UserWarning):
+    """The input sequence is not one the bundle was trained or adapted on."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BiglError("--device cuda was requested but PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BiglError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def bundle_translation(bundle: Bundle) -> dict:
+    """predict_prepared's translator arguments for a bundle's inference mode."""
+    if bundle.inference == "direct" or bundle.translator_t2s is None:
+        return {"translator": None}
+    return {"translator": bundle.translator_t2s, "mode": bundle.inference}
+
+
+@dataclass
+class Segmentation:
+    labels: np.ndarray          # (z, y, x) uint8 BraTS labels {0,1,2,4}
+    probabilities: np.ndarray   # (4, z, y, x) float32, class order (0, 1, 2, 4)
+    attention: np.ndarray       # (z, y, x) float32, per-slice position-attention summary (0 without attention)
+    volumes_ml: dict[str, float]
+
+
+@dataclass
+class _Window:
+    """The sub-volume actually run through the network: brain slices, in-plane box padded to the stride."""
+
+    z: np.ndarray               # indices of slices with brain
+    y: slice
+    x: slice
+    pad: tuple[int, int]        # zero rows/cols added at the bottom/right to reach a stride multiple
+
+    @classmethod
+    def for_mask(cls, mask: np.ndarray, stride: int, margin: int = 4) -> _Window:
+        ys, xs = bounding_box(mask.any(axis=0), margin=margin)
+        h, w = ys.stop - ys.start, xs.stop - xs.start
+        return cls(np.flatnonzero(mask.any(axis=(1, 2))), ys, xs,
+                   (round_up(max(h, 1), stride) - h, round_up(max(w, 1), stride) - w))
+
+    def slices(self, image: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        crop = image[idx][:, self.y, self.x]
+        crop = np.pad(crop, ((0, 0), (0, self.pad[0]), (0, self.pad[1])))
+        return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[:, None]   # (B, 1, H, W)
+
+    def uncrop(self, t: torch.Tensor) -> np.ndarray:
+        h, w = self.y.stop - self.y.start, self.x.stop - self.x.start
+        return t[..., :h, :w].float().cpu().numpy()
+
+
+def check_sequence(bundle: Bundle, sequence: str | None) -> None:
+    """Warn when segmenting a sequence the bundle was not trained on, naming the fix."""
+    if sequence is not None and sequence not in bundle.sequences:
+        warnings.warn(
+            f"this model was trained on {', '.join(bundle.sequences)} but the input is {sequence}; "
+            f"expect poor results. Fix: press 'Adapt to this modality' in napari, or run "
+            f"`bigl adapt --target-modality {sequence} ...` to adapt the model without labels",
+            SequenceMismatchWarning, stacklevel=3)
+
+
+@torch.inference_mode()
+def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: torch.device,
+                     batch_size: int = 16, with_attention: bool = True, translator: Generator | None = None,
+                     mode: str = "translate", progress: ProgressFn | None = None, cancel: CancelFn | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities (K, z, y, x) and attention summary (z, y, x) for a normalised volume.
+
+    With a ``translator`` (G_t→s), ``mode="translate"`` segments G_t→s(x) and
+    ``mode="ensemble"`` averages the softmaxes of Φ(x) and Φ(G_t→s(x)); the
+    attention summary always comes from the image Φ actually saw first.
+    """
+    model.eval()
+    if translator is not None:
+        translator.to(device).eval()
+    K = model.config.num_classes
+    probs = np.zeros((K,) + vol.image.shape, dtype=np.float32)
+    probs[0] = 1.0
+    attention = np.zeros(vol.image.shape, dtype=np.float32)
+    win = _Window.for_mask(vol.mask, model.stride)
+    with_attention = with_attention and model.config.attention
+    report = Reporter("segment", len(win.z), progress, cancel)
+    for start in range(0, len(win.z), batch_size):
+        report(start)
+        idx = win.z[start:start + batch_size]
+        x = win.slices(vol.image, idx).to(device)
+        x_direct = x
+        if translator is not None:
+            x = translator(x, (x != 0).float())
+        out = model(x, return_extras=with_attention)
+        logits = out.logits if with_attention else out
+        soft = torch.softmax(logits, dim=1)
+        if translator is not None and mode == "ensemble":
+            soft = 0.5 * (soft + torch.softmax(model(x_direct), dim=1))
+        p = win.uncrop(soft)                                                 # (B, K, h, w)
+        m = vol.mask[idx][:, win.y, win.x]
+        p = np.where(m[:, None], p, np.eye(K, dtype=np.float32)[0][None, :, None, None])
+        probs[:, idx, win.y, win.x] = p.transpose(1, 0, 2, 3)
+        if with_attention:
+            a = out.position_attention                                      # (B, N, N)
+            gh, gw = out.feature.shape[-2:]
+            received = a.mean(dim=1).mul(a.shape[-1]).reshape(-1, 1, gh, gw)  # (B, 1, gh, gw), 1 = average
+            up = F.interpolate(received, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            attention[idx, win.y, win.x] = win.uncrop(up)[:, 0] * m
+    report(len(win.z))
+    return probs, attention
+
+
+def segment_volume(bundle: Bundle, volume: Volume | np.ndarray, *, sequence: str | None = None,
+                   spacing: tuple[float, float, float] | None = None, device: str | torch.device = "auto",
+                   batch_size: int = 16, with_attention: bool = True,
+                   progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Segmentation:
+    """Segment one raw (un-normalised) volume with a bundle; outputs lie on the input grid.
+
+    ``sequence`` names the input's MR sequence; a sequence the bundle was not
+    trained on still works but raises a :class:`SequenceMismatchWarning`.
+    """
+    check_sequence(bundle, sequence)
+    if isinstance(volume, Volume):
+        data, spacing = volume.data, volume.spacing
+    else:
+        data, spacing = np.asarray(volume), spacing or (1.0, 1.0, 1.0)
+    if data.ndim != 3:
+        raise BiglError(f"expected a 3D (z, y, x) volume, got shape {data.shape}; segment one 3D series at a time")
+    dev = resolve_device(device)
+    bundle.segmenter.to(dev)
+    probs, attention = predict_prepared(bundle.segmenter, prepare(data), device=dev, batch_size=batch_size,
+                                        with_attention=with_attention, **bundle_translation(bundle),
+                                        progress=progress, cancel=cancel)
+    labels = classes_to_labels(probs.argmax(axis=0))
+    return Segmentation(labels, probs, attention, region_volumes(labels, spacing))
+
+
+@torch.inference_mode()
+def attention_query(bundle: Bundle, volume: Volume | np.ndarray, z: int, y: int, x: int, *,
+                    device: str | torch.device = "auto") -> np.ndarray:
+    """Position-attention row of pixel (y, x) on slice z, upsampled to the slice: where Φ looks for that pixel.
+
+    Returns a (y, x) float32 map scaled so that 1 = uniform attention; zero
+    outside the brain window or when (y, x) lies outside the brain window.
+    """
+    model = bundle.segmenter
+    data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
+    out_map = np.zeros(data.shape[1:], dtype=np.float32)
+    if not model.config.attention or not (0 <= z < data.shape[0]):
+        return out_map
+    vol = prepare(data)
+    win = _Window.for_mask(vol.mask, model.stride)
+    if not (win.y.start <= y < win.y.stop and win.x.start <= x < win.x.stop) or not vol.mask[z].any():
+        return out_map
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    xin = win.slices(vol.image, np.array([z])).to(dev)
+    out = model(xin, return_extras=True)
+    gh, gw = out.feature.shape[-2:]
+    H, W = xin.shape[-2:]
+    cell = ((y - win.y.start) * gh // H) * gw + (x - win.x.start) * gw // W
+    row = out.position_attention[0, cell].mul(gh * gw).reshape(1, 1, gh, gw)
+    up = F.interpolate(row, size=(H, W), mode="bilinear", align_corners=False)
+    out_map[win.y, win.x] = win.uncrop(up)[0, 0] * vol.mask[z, win.y, win.x]
+    return out_map

@@ -1,0 +1,118 @@
+"""Losses against hand-computed values (paper Eqs. 4–9 and the entropy score)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bigl.losses import (
+    adversarial_loss,
+    entropy,
+    generalized_dice_loss,
+    lsgan_loss,
+    output_consistency,
+    segmentation_loss,
+)
+
+LN3 = math.log(3.0)
+
+
+def _tiny_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """2 classes on a 2x2 slice; softmax rows are (0.5, 0.5), (0.25, 0.75), (0.75, 0.25), (0.25, 0.75)."""
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1] = torch.tensor([[0.0, LN3], [-LN3, LN3]])  # class-1 minus class-0 logit per pixel
+    target = torch.tensor([[[0, 1], [1, 1]]])
+    return logits, target
+
+
+def _onehot_logits(target: torch.Tensor, k: int, scale: float = 50.0) -> torch.Tensor:
+    return torch.nn.functional.one_hot(target, k).permute(0, 3, 1, 2).float() * scale
+
+
+def test_gdl_tiny_case_by_hand() -> None:
+    logits, target = _tiny_case()
+    # class 0: num 1 -> w 1, I = 0.5, U = (0.5+0.25+0.75+0.25) + 1 = 2.75
+    # class 1: num 3 -> w 1/3, I = 0.75+0.25+0.75 = 1.75, U = 2.25 + 3 = 5.25
+    # GDL = 1 - 2 (0.5 + 1.75/3) / (2.75 + 5.25/3) = 1 - 13/27 = 14/27
+    assert generalized_dice_loss(logits, target, eps=0.0).item() == pytest.approx(14 / 27, abs=1e-6)
+
+
+def test_ce_plus_gdl_tiny_case_by_hand() -> None:
+    logits, target = _tiny_case()
+    # CE per pixel: -ln 0.5, -ln 0.75, -ln 0.25, -ln 0.75
+    ce = (math.log(2) + 2 * math.log(4 / 3) + math.log(4)) / 4
+    assert segmentation_loss(logits, target).item() == pytest.approx(ce + 14 / 27, abs=1e-4)
+
+
+def test_gdl_perfect_and_wrong() -> None:
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[:, 2:5, 3:6] = 1
+    target[0, 6, 6] = 3
+    assert generalized_dice_loss(_onehot_logits(target, 4), target).item() == pytest.approx(0.0, abs=1e-4)
+    wrong = (target + 1) % 4  # every pixel predicted as another class
+    assert generalized_dice_loss(_onehot_logits(wrong, 4), target).item() == pytest.approx(1.0, abs=1e-4)
+    assert segmentation_loss(_onehot_logits(target, 4), target).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_gdl_absent_class_finite_and_penalised() -> None:
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2] = 1  # classes 2 and 3 absent
+    logits = torch.randn(1, 4, 4, 4, requires_grad=True)
+    loss = generalized_dice_loss(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert logits.grad[:, 2:].abs().sum() > 0  # predicting an absent class still costs
+    # absent class gets the largest present weight: same as a present class of that size
+    good = _onehot_logits(target, 4)
+    bad = good.clone()
+    bad[0, 3, 3, 3], bad[0, 0, 3, 3] = 50.0, 0.0  # one background pixel predicted as absent class 3
+    assert generalized_dice_loss(bad, target) > generalized_dice_loss(good, target) + 0.01
+
+
+def test_seg_loss_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError):
+        segmentation_loss(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+    with pytest.raises(ValueError):
+        generalized_dice_loss(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4))
+
+
+def test_output_consistency_values() -> None:
+    a = torch.randn(2, 4, 3, 3)
+    assert output_consistency(a, a.clone()).item() == 0.0
+    la = torch.zeros(1, 2, 1, 2)  # both pixels (0.5, 0.5)
+    lb = torch.zeros(1, 2, 1, 2)
+    lb[0, 1, 0, 0] = LN3  # pixel 0 -> (0.25, 0.75): squared distance 2 * 0.25² = 0.125
+    assert output_consistency(la, lb).item() == pytest.approx(0.0625)
+    mask = torch.tensor([[[True, False]]])
+    assert output_consistency(la, lb, mask).item() == pytest.approx(0.125)
+    assert output_consistency(la, lb, mask.unsqueeze(1).float()).item() == pytest.approx(0.125)
+    assert output_consistency(la, lb, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_adversarial_loss_values() -> None:
+    zero = torch.zeros(3, 1)
+    assert adversarial_loss(zero, True).item() == pytest.approx(math.log(2))
+    assert adversarial_loss(zero, False).item() == pytest.approx(math.log(2))
+    x = torch.full((2, 1, 2, 2), LN3)  # sigmoid = 0.75
+    assert adversarial_loss(x, True).item() == pytest.approx(-math.log(0.75), abs=1e-6)
+    assert adversarial_loss(x, False).item() == pytest.approx(-math.log(0.25), abs=1e-6)
+
+
+def test_lsgan_loss_values() -> None:
+    pred = torch.tensor([0.5, 2.0])
+    assert lsgan_loss(pred, True).item() == pytest.approx((0.25 + 1.0) / 2)
+    assert lsgan_loss(pred, False).item() == pytest.approx((0.25 + 4.0) / 2)
+
+
+def test_entropy_values() -> None:
+    assert entropy(torch.zeros(2, 4, 3, 3)).item() == pytest.approx(1.0)
+    confident = torch.zeros(2, 4, 3, 3)
+    confident[:, 1] = 50.0
+    assert entropy(confident).item() == pytest.approx(0.0, abs=1e-6)
+    two = torch.zeros(1, 2, 1, 2)
+    two[0, 1, 0, 0] = LN3  # (0.25, 0.75)
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2)
+    assert entropy(two, torch.tensor([[[1, 0]]])).item() == pytest.approx(h, abs=1e-6)
+    assert entropy(two).item() == pytest.approx((h + 1.0) / 2, abs=1e-6)

@@ -1,0 +1,255 @@
+"""Segmenter Φ, translator and discriminators: shapes, invariants, configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from bigl.errors import BiglError
+from bigl.models import (
+    AlignmentDiscriminatorConfig,
+    AttentionDiscriminator,
+    DualAttention,
+    DualAttentionUNet,
+    FeatureDiscriminator,
+    Generator,
+    PatchDiscriminator,
+    PatchDiscriminatorConfig,
+    SegmenterConfig,
+    SegmenterOutput,
+    TranslatorConfig,
+    attention_grid,
+    attention_row,
+    crop,
+    pad_to_stride,
+)
+
+torch.set_num_threads(1)
+
+TINY = SegmenterConfig(widths=(4, 8, 16), attention_reduction=4)  # stride 4
+
+# Pinned so that an accidental architecture change fails loudly; update only on purpose
+# (old model bundles will no longer load into a changed architecture).
+DEFAULT_PARAMS = 503_142
+DEFAULT_ATTENTION_PARAMS = 2 * (128 * 16 + 16) + (128 * 128 + 128) + 2  # W_q, W_k, W_v, γ_p, γ_c
+
+
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# --------------------------------------------------------------------------- segmenter
+
+
+@pytest.mark.parametrize("size", [(16, 16), (24, 40), (8, 12)])
+def test_segmenter_output_shapes(size: tuple[int, int]) -> None:
+    _seed()
+    model = DualAttentionUNet(TINY).eval()
+    h, w = size
+    x = torch.randn(2, 1, h, w)
+    assert model(x).shape == (2, 4, h, w)
+    out = model(x, return_extras=True)
+    assert isinstance(out, SegmenterOutput)
+    gh, gw = h // 4, w // 4
+    assert out.logits.shape == (2, 4, h, w)
+    assert out.feature.shape == (2, 16, gh, gw)
+    assert out.position_attention.shape == (2, gh * gw, gh * gw)
+    assert out.channel_attention.shape == (2, 16, 16)
+
+
+def test_default_segmenter_param_count_and_forward() -> None:
+    _seed()
+    model = DualAttentionUNet(SegmenterConfig())
+    assert model.stride == 8
+    assert _n_params(model) == DEFAULT_PARAMS
+    plain = DualAttentionUNet(SegmenterConfig(attention=False))
+    assert _n_params(plain) == DEFAULT_PARAMS - DEFAULT_ATTENTION_PARAMS
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 1, 24, 32), return_extras=True)
+    assert out.logits.shape == (1, 4, 24, 32)
+    assert out.position_attention.shape == (1, 12, 12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 18, 16), (1, 1, 16, 30), (1, 2, 16, 16), (1, 16, 16)])
+def test_segmenter_rejects_bad_input(shape: tuple[int, ...]) -> None:
+    model = DualAttentionUNet(TINY)
+    with pytest.raises(ValueError, match="stride|channel|batch"):
+        model(torch.randn(*shape))
+
+
+def test_pad_crop_round_trip_odd_size() -> None:
+    _seed()
+    x = torch.randn(2, 1, 37, 53)
+    padded, pads = pad_to_stride(x, 8)
+    assert padded.shape == (2, 1, 40, 56) and pads == (3, 3)
+    assert torch.equal(padded[..., :37, :53], x)  # coordinates unchanged
+    assert padded[..., 37:, :].abs().sum() == 0 and padded[..., :, 53:].abs().sum() == 0
+    assert torch.equal(crop(padded, pads), x)
+    same, no_pads = pad_to_stride(torch.randn(1, 1, 16, 24), 8)
+    assert no_pads == (0, 0) and same.shape == (1, 1, 16, 24)
+
+    model = DualAttentionUNet(SegmenterConfig(widths=(4, 8, 16, 32))).eval()
+    with torch.no_grad():
+        logits = crop(model(padded), pads)
+    assert logits.shape == (2, 4, 37, 53)
+
+
+def test_attention_grid_and_row() -> None:
+    assert attention_grid(37, 53, 8) == (5, 7)
+    assert DualAttentionUNet(TINY).attention_grid(37, 53) == (10, 14)
+    # pixel (17, 30): bottleneck cell (2, 3) on a 7-wide grid -> row 2 * 7 + 3
+    assert attention_row(17, 30, 53, 8) == 17
+    assert attention_row(0, 0, 53, 8) == 0
+    assert attention_row(36, 52, 53, 8) == 5 * 7 - 1
+
+
+def test_attention_rows_sum_to_one() -> None:
+    _seed()
+    model = DualAttentionUNet(TINY).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 16, 24), return_extras=True)
+    for a in (out.position_attention, out.channel_attention):
+        assert (a >= 0).all()
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:2]))
+
+
+def test_attention_block_is_identity_at_gamma_zero() -> None:
+    _seed()
+    block = DualAttention(16, reduction=8)
+    xi_b = torch.randn(2, 16, 3, 5)
+    xi, a_pos, a_cha = block(xi_b)
+    assert torch.equal(xi, xi_b)
+    assert a_pos.shape == (2, 15, 15) and a_cha.shape == (2, 16, 16)
+    with torch.no_grad():
+        block.gamma_pos.fill_(0.5)
+        block.gamma_cha.fill_(0.5)
+    assert not torch.allclose(block(xi_b)[0], xi_b)
+
+
+def test_attention_block_tiny_channels() -> None:
+    block = DualAttention(3, reduction=8)  # C // r = 0 -> 1 query/key channel
+    assert block.query.out_channels == 1
+    assert block(torch.randn(1, 3, 2, 2))[0].shape == (1, 3, 2, 2)
+
+
+def test_plain_unet_has_no_attention() -> None:
+    model = DualAttentionUNet(dataclasses.replace(TINY, attention=False)).eval()
+    assert model.attention is None
+    assert not any("attention" in n or "gamma" in n for n, _ in model.named_parameters())
+    out = model(torch.randn(1, 1, 8, 8), return_extras=True)
+    assert out.position_attention is None and out.channel_attention is None
+    assert out.feature.shape == (1, 16, 2, 2)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_eval_determinism(norm: str) -> None:
+    _seed()
+    model = DualAttentionUNet(dataclasses.replace(TINY, norm=norm, dropout=0.3)).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_gradient_reaches_gamma() -> None:
+    _seed()
+    model = DualAttentionUNet(TINY)
+    out = model(torch.randn(2, 1, 16, 16), return_extras=True)
+    target = torch.randint(0, 4, (2, 16, 16))
+    torch.nn.functional.cross_entropy(out.logits, target).backward()
+    for gamma in (model.attention.gamma_pos, model.attention.gamma_cha):
+        assert gamma.grad is not None and gamma.grad.abs().item() > 0
+    query_grad = model.attention.query.weight.grad  # γ_p = 0 gates the position branch at init
+    assert query_grad is None or query_grad.abs().sum() == 0
+
+
+def test_segmenter_config_round_trip_and_errors() -> None:
+    cfg = SegmenterConfig(widths=(8, 16), norm="instance", dropout=0.1)
+    back = SegmenterConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg))))
+    assert back == cfg and isinstance(back.widths, tuple)
+    assert SegmenterConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # lists coerced too
+    with pytest.raises(BiglError, match="unknown field"):
+        SegmenterConfig.from_dict({**dataclasses.asdict(cfg), "depth": 5})
+    with pytest.raises(BiglError, match="norm"):
+        SegmenterConfig(norm="group")
+    with pytest.raises(BiglError, match="widths"):
+        SegmenterConfig(widths=())
+
+
+# --------------------------------------------------------------------------- translator
+
+
+def test_generator_shapes_mask_and_linear_output() -> None:
+    _seed()
+    cfg = TranslatorConfig(width=4, n_res_blocks=1)
+    gen = Generator(cfg)
+    x = torch.randn(2, 1, 16, 20)
+    assert gen(x).shape == x.shape
+    mask = torch.zeros(2, 1, 16, 20)
+    mask[:, :, 4:12, 5:15] = 1
+    with torch.no_grad():
+        gen.net[-1].bias.fill_(5.0)  # a tanh output could never reach 5
+        out = gen(x, mask)
+    assert (out[mask.expand_as(out) == 0] == 0).all()
+    assert out[mask.expand_as(out) == 1].mean() > 2.0
+    with pytest.raises(ValueError, match="stride"):
+        gen(torch.randn(1, 1, 18, 20))
+    with pytest.raises(ValueError, match="mask"):
+        gen(x, mask[:, :, :8])
+
+
+def test_translator_config_round_trip() -> None:
+    cfg = TranslatorConfig(width=8, n_down=3, norm="none")
+    assert TranslatorConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+    assert Generator(cfg).stride == 8
+    with pytest.raises(BiglError, match="unknown field"):
+        TranslatorConfig.from_dict({"widht": 8})
+
+
+# --------------------------------------------------------------------------- discriminators
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_patch_discriminator_shape(in_channels: int) -> None:
+    _seed()
+    d = PatchDiscriminator(PatchDiscriminatorConfig(in_channels=in_channels, width=4))
+    # 64 -> 32 -> 16 -> 8 (stride 2) -> 7 -> 6 (stride 1, 4x4 kernels): CycleGAN's 256 -> 30 rule
+    assert d(torch.randn(2, in_channels, 64, 64)).shape == (2, 1, 6, 6)
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (3, 5), (18, 22)])
+def test_feature_discriminator_any_size(grid: tuple[int, int]) -> None:
+    _seed()
+    d = FeatureDiscriminator(AlignmentDiscriminatorConfig(in_channels=16, width=4))
+    xi = torch.randn(2, 16, *grid, requires_grad=True)
+    logit = d(xi)
+    assert logit.shape == (2, 1)
+    logit.sum().backward()
+    assert xi.grad is not None and xi.grad.abs().sum() > 0  # Φ can be trained to fool it
+
+
+@pytest.mark.parametrize("n", [1, 6, 45])
+def test_attention_discriminator_any_size(n: int) -> None:
+    _seed()
+    d = AttentionDiscriminator(AlignmentDiscriminatorConfig(in_channels=1, width=8))
+    a = torch.softmax(torch.randn(3, n, n), dim=-1).requires_grad_(True)
+    logit = d(a)
+    assert logit.shape == (3, 1)
+    torch.testing.assert_close(d(a.unsqueeze(1)), logit)
+    logit.sum().backward()
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+    with pytest.raises(ValueError):
+        d(torch.randn(3, 2, n, n))
+
+
+def test_discriminator_config_round_trip() -> None:
+    for cfg in (PatchDiscriminatorConfig(in_channels=4, norm="none"), AlignmentDiscriminatorConfig(in_channels=128)):
+        assert type(cfg).from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+    with pytest.raises(BiglError):
+        AlignmentDiscriminatorConfig.from_dict({"width": 8})  # in_channels is required
