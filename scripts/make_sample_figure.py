@@ -7,7 +7,7 @@ Usage (from the repository root):
 Reads the case through ``bigl.io`` (so the figure shows what is on disk), picks
 the axial slice with the largest tumour area (or ``--slice``) and also a
 coronal slice through the tumour centre (``--views axial,coronal``). Each
-panel is windowed to the 0.5-99.5 percentiles of its brain voxels. The label
+panel is windowed from 0 to the 99.5th percentile of its brain voxels. The label
 panel overlays the BraTS labels on FLAIR: edema (2) green, necrotic /
 non-enhancing core (1) yellow, enhancing tumour (4) red - i.e. WT green,
 TC yellow, ET red as in the BiGL paper's figures. Needs no matplotlib: numpy,
@@ -30,9 +30,10 @@ TITLES = ("T1", "T1ce", "T2", "FLAIR", "labels")
 
 
 def _window(sl: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Map [0, 99.5th percentile of the brain] to [0, 1], as a radiological display starts at 0."""
     vals = sl[brain]
-    lo, hi = np.percentile(vals, [0.5, 99.5]) if vals.size else (0.0, 1.0)
-    return np.clip((sl - lo) / max(hi - lo, 1e-6), 0, 1) * brain
+    hi = np.percentile(vals, 99.5) if vals.size else 1.0
+    return np.clip(sl / max(hi, 1e-6), 0, 1) * brain
 
 
 def _overlay(grey: np.ndarray, seg: np.ndarray, alpha: float = 0.55) -> np.ndarray:

@@ -60,16 +60,16 @@ _TISSUE_TO_LABEL = np.array([0, 0, 0, 0, 0, 0, 2, 1, 1, 4], dtype=np.uint8)
 # bright; FLAIR CSF suppressed, edema brightest.
 _TISSUE_MEANS: dict[str, tuple[float, ...]] = {
     #          bg    CSF   GM    WM    deepGM vessel edema necro NET   ET
-    "t1":    (0.0, 0.30, 0.66, 1.00, 0.80, 0.45, 0.82, 0.38, 0.62, 0.70),
-    "t1ce":  (0.0, 0.32, 0.70, 1.00, 0.82, 1.25, 0.84, 0.40, 0.66, 1.75),
-    "t2":    (0.0, 2.60, 1.45, 1.00, 1.20, 0.90, 2.00, 2.30, 1.70, 1.50),
-    "flair": (0.0, 0.35, 1.30, 1.00, 1.15, 0.70, 1.95, 1.10, 1.60, 1.45),
+    "t1":    (0.0, 0.30, 0.66, 1.00, 0.86, 0.45, 0.82, 0.38, 0.62, 0.70),
+    "t1ce":  (0.0, 0.32, 0.70, 1.00, 0.88, 1.25, 0.84, 0.40, 0.66, 1.75),
+    "t2":    (0.0, 2.60, 1.45, 1.00, 1.15, 0.90, 2.00, 2.30, 1.70, 1.50),
+    "flair": (0.0, 0.35, 1.30, 1.00, 1.10, 0.70, 1.80, 1.10, 1.55, 1.45),
 }
 
 _PRESETS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
     "brats": ((155, 240, 240), (1.0, 1.0, 1.0)),
     "small": ((72, 100, 84), (2.0, 2.0, 2.0)),
-    "tiny": ((34, 48, 40), (4.0, 4.0, 4.0)),
+    "tiny": ((36, 50, 42), (4.0, 4.0, 4.0)),
 }
 
 # Half-size (mm) of the box on which random-field coefficients are drawn. Fixed
@@ -104,7 +104,7 @@ class PhantomConfig:
 
     @classmethod
     def preset(cls, name: str) -> PhantomConfig:
-        """``"brats"`` (1 mm, 155x240x240), ``"small"`` (2 mm, 72x100x84) or ``"tiny"`` (4 mm, 34x48x40)."""
+        """``"brats"`` (1 mm, 155x240x240), ``"small"`` (2 mm, 72x100x84) or ``"tiny"`` (4 mm, 36x50x42)."""
         if name not in _PRESETS:
             raise BiglError(f"unknown phantom preset {name!r}; use one of: {', '.join(_PRESETS)}.")
         shape, spacing = _PRESETS[name]
@@ -129,6 +129,10 @@ class PhantomConfig:
                 raise BiglError(f"phantom config field {name} must be >= 0, got {getattr(self, name)}.")
         if self.jitter >= 0.5 or self.mass_effect > 0.5:
             raise BiglError("phantom jitter must be < 0.5 and mass_effect <= 0.5.")
+        probs = ("p_no_necrosis", "p_no_enhancement", "p_partial_rim", "p_two_lobes")
+        if any(not 0 <= getattr(self, n) <= 1 for n in probs) or self.p_no_necrosis + self.p_no_enhancement > 1:
+            raise BiglError(f"phantom probabilities {', '.join(probs)} must lie in [0, 1], "
+                            "and p_no_necrosis + p_no_enhancement must not exceed 1.")
         return self
 
 
@@ -249,13 +253,13 @@ def _anatomy(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box, info:
 
     # --- outer shape: an egg-shaped ellipsoid, flatter below, smoothly deformed.
     size = float(np.exp(rng.uniform(-0.06, 0.06)))
-    az, ay, ax = (s * size * float(np.exp(rng.uniform(-0.04, 0.04))) for s in (60.0, 82.0, 64.0))
-    disp = [_Field(rng, 40.0, half_box) for _ in range(3)]
+    az, ay, ax = (s * size * float(np.exp(rng.uniform(-0.04, 0.04))) for s in (63.0, 84.0, 66.0))
+    disp = [_Field(rng, 40.0, half_box) for _ in range(3)]  # clipped below: no extreme bulges
     bumps = _Field(rng, 12.0, half_box)
-    disp_amp = 4.0
-    zz = Z + disp_amp * disp[0](zc, yc, xc)
-    yy = Y + disp_amp * disp[1](zc, yc, xc)
-    xx = X + disp_amp * disp[2](zc, yc, xc)
+    disp_amp = 3.0
+    zz = Z + disp_amp * np.clip(disp[0](zc, yc, xc), -2.0, 2.0)
+    yy = Y + disp_amp * np.clip(disp[1](zc, yc, xc), -2.0, 2.0)
+    xx = X + disp_amp * np.clip(disp[2](zc, yc, xc), -2.0, 2.0)
     az_eff = np.where(zz < 0, az * (0.72 - 0.12 * np.clip(yy / ay, 0, 1)), az)  # flat base, orbital rise
     ax_eff = ax * (1.0 - 0.06 * np.clip(yy / ay, -1, 1))  # wider at the back
     r = np.sqrt((zz / az_eff) ** 2 + (yy / ay) ** 2 + (xx / ax_eff) ** 2)
@@ -263,6 +267,10 @@ def _anatomy(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box, info:
     r = r * (1.0 + 0.015 * bumps(zc, yc, xc))
     mask = r < 1.0
     del r, az_eff, ax_eff
+    # Keep a background rim: a brain cut by the field of view still ends in CSF, not at the edge.
+    mask[[0, -1]] = False
+    mask[:, [0, -1]] = False
+    mask[:, :, [0, -1]] = False
     info["brain_axes_mm"] = (az, ay, ax)
 
     spacing = np.asarray(cfg.spacing)
@@ -272,12 +280,12 @@ def _anatomy(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box, info:
     # fissure and sulci. Sulci are zero-sets of a folding field sampled at the
     # point's radial projection towards the surface, so they run roughly
     # perpendicular to it (as real sulci do), down to a random fundus depth.
-    fold_field = _Field(rng, 5.0, half_box)
+    fold_field = _Field(rng, 6.0, half_box)
     lat_step = 1.5
     lattice = [np.arange(-h, h + lat_step, lat_step) for h in (az + 12.0, ay + 12.0, ax + 12.0)]
     fold_lat = fold_field(*lattice)  # fixed mm lattice: same folds on every grid
     shell = depth < 40.0
-    rs = np.maximum(r0[shell], 0.2) ** -0.75  # mostly radial projection, slowly varying with depth
+    rs = np.maximum(r0[shell], 0.2) ** -0.55  # mostly radial projection, drifting with depth
     pts = [(np.broadcast_to(g, shape)[shell] * rs - lat[0]) / lat_step for g, lat in zip((zz, yy, xx), lattice)]
     fold = np.ones(shape, np.float32)
     fold[shell] = ndimage.map_coordinates(fold_lat, pts, order=1, mode="nearest")
@@ -287,7 +295,7 @@ def _anatomy(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box, info:
     del grad
     sulc_dist = np.abs(fold) / gmag  # ~ mm to the nearest sulcal sheet
     del fold, gmag
-    sulc_depth = 14.0 + 5.0 * _Field(rng, 25.0, half_box)(zc, yc, xc)
+    sulc_depth = 17.0 + 5.0 * _Field(rng, 25.0, half_box)(zc, yc, xc)
     thick = 2.7 + 0.5 * _Field(rng, 20.0, half_box)(zc, yc, xc)
     sulc_gm = np.where(depth < sulc_depth + 0.8 * thick, sulc_dist, np.inf)  # GM wraps the fundus
     sulc_dist = np.where(depth < sulc_depth, sulc_dist, np.inf)
@@ -299,14 +307,15 @@ def _anatomy(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box, info:
     fissure_on = (zz > cc_top) | (np.abs(yy) > 40.0)
     fiss_dist = np.where(fissure_on, fiss_dist, np.inf)
     del cc_top, fissure_on
-    pial = np.minimum(np.minimum(depth, sulc_gm), fiss_dist)
-    del sulc_gm
     csf_surf = 1.1 + 0.4 * _Field(rng, 20.0, half_box)(zc, yc, xc)
-
+    # Cortex = within `thick` mm of a CSF/GM interface (outer CSF layer, sulcal
+    # CSF sheet, fissure); the sulcal GM also wraps around the fundus.
+    sulc_half, fiss_half = 0.7, 1.2
+    pial = np.minimum(np.minimum(depth - csf_surf, sulc_gm - sulc_half), fiss_dist - fiss_half)
     tissues = np.full(shape, Tissue.WM, dtype=np.uint8)
     tissues[pial < thick] = Tissue.GM
-    tissues[(depth < csf_surf) | (sulc_dist < 0.75) | (fiss_dist < 1.2)] = Tissue.CSF
-    del pial, thick, csf_surf, sulc_dist, fiss_dist
+    tissues[(depth < csf_surf) | (sulc_dist < sulc_half) | (fiss_dist < fiss_half)] = Tissue.CSF
+    del pial, thick, sulc_dist, sulc_gm, fiss_dist, csf_surf
 
     # --- deep grey matter (thalami, basal ganglia) and ventricles, near the centre only.
     vsize = float(np.exp(rng.uniform(-0.35, 0.5)))  # ventricle size varies a lot
@@ -370,7 +379,7 @@ def _place_tumour(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box,
     lo, hi = cfg.wt_volume_ml
     wt_ml = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     r_wt = (3 * wt_ml * 1000 / (4 * np.pi)) ** (1 / 3)  # mm
-    r_core = r_wt * rng.uniform(0.45, 0.75)
+    r_core = r_wt * rng.uniform(0.5, 0.85)
     # Centre: uniform in the inner part of the brain ellipsoid, off the midline,
     # leaving room for the core inside the brain.
     for _ in range(1000):
@@ -379,6 +388,8 @@ def _place_tumour(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box,
         room = np.array([az * (0.72 if c[0] < 0 else 1.0), ay, ax]) - r_core - 12.0
         if np.sum((c / np.maximum(room, 1.0)) ** 2) < 1 and abs(c[2]) > 10.0:
             break
+    else:  # practically unreachable; a safe deep white-matter spot
+        c = np.array([15.0, 0.0, 25.0])
     rot = _random_rotation(rng)
     elong = np.exp(rng.uniform(-0.2, 0.2, 3))
     elong /= np.prod(elong) ** (1 / 3)
@@ -390,6 +401,10 @@ def _place_tumour(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box,
     lobe_dir /= np.linalg.norm(lobe_dir)
     c2 = c + lobe_dir * r_core * rng.uniform(0.7, 1.0)
     r2 = r_core * rng.uniform(0.5, 0.8)
+    if two_lobes:  # keep the whole tumour near the drawn volume: shrink both lobes
+        f = (1.0 + 0.7 * (r2 / r_core) ** 3) ** (-1 / 3)
+        r_wt, r_core, r2 = r_wt * f, r_core * f, r2 * f
+        c2 = c + (c2 - c) * f
     rim_mm = rng.uniform(2.0, 5.0)
     gap_thr = rng.uniform(-0.6, 0.4) if partial else -np.inf
     core_noise = _Field(rng, max(6.0, 0.5 * r_core), half_box)
@@ -401,7 +416,7 @@ def _place_tumour(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box,
     info.update(tumour_centre_mm=tuple(float(v) for v in c), wt_target_ml=wt_ml, core_kind=str(kind),
                 partial_rim=partial, two_lobes=two_lobes)
 
-    reach = r_wt * 2.2 + 10.0
+    reach = 1.6 * 1.25 * r_wt + r_core + 5.0  # max edema envelope x elongation, plus the second lobe's offset
     box = _box(c, (reach,) * 3, axes)
     bz, by, bx = zc[box[0]], yc[box[1]], xc[box[2]]
     Z, Y, X = bz[:, None, None], by[None, :, None], bx[None, None, :]
@@ -420,9 +435,10 @@ def _place_tumour(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box,
         sub = np.where(inside & (warped > 0), warped, sub)
 
     # Core: noise-perturbed ellipsoid (plus an optional second lobe).
-    p = np.stack(np.broadcast_arrays(Z - c[0], Y - c[1], X - c[2]), axis=-1)  # (z, y, x, 3)
-    q = p @ rot  # coordinates in the tumour frame
-    pert = 1.0 + 0.18 * core_noise(bz, by, bx)
+    p = np.stack(np.broadcast_arrays(Z - c[0], Y - c[1], X - c[2]), axis=-1).astype(np.float32)  # (z, y, x, 3)
+    q = p @ rot.astype(np.float32)  # coordinates in the tumour frame
+    del p
+    pert = 1.0 + 0.18 * (core_noise(bz, by, bx) - core_noise(*([v] for v in c)))
     rho = np.sqrt(((q / (elong * r_core)) ** 2).sum(-1)) / pert
     if two_lobes:
         rho2 = np.sqrt((Z - c2[0]) ** 2 + (Y - c2[1]) ** 2 + (X - c2[2]) ** 2) / r2 / pert
@@ -435,11 +451,13 @@ def _place_tumour(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box,
 
     # Edema: a larger, strongly perturbed envelope; it spreads in white matter,
     # less into cortex and never into CSF.
-    env = 1.0 + 0.35 * edema_noise(bz, by, bx) + 0.2 * edema_noise2(bz, by, bx)
-    rho_e = np.sqrt(((q / (elong * r_wt)) ** 2).sum(-1)) / np.maximum(env, 0.2)
+    # Noise relative to its value at the centre, so the size stays near the drawn volume.
+    e1, e2 = (f(*([v] for v in c)) for f in (edema_noise, edema_noise2))
+    env = np.clip(1.0 + 0.28 * (edema_noise(bz, by, bx) - e1) + 0.12 * (edema_noise2(bz, by, bx) - e2), 0.4, 1.6)
+    rho_e = np.sqrt(((q / (elong * r_wt)) ** 2).sum(-1)) / env
     if two_lobes:
         rho_e = np.minimum(rho_e, np.sqrt((Z - c2[0]) ** 2 + (Y - c2[1]) ** 2 + (X - c2[2]) ** 2)
-                           / (r2 * r_wt / r_core) / np.maximum(env, 0.2))
+                           / (r2 * r_wt / r_core) / env)
     edema = (((rho_e < 1.0) & np.isin(sub, (Tissue.WM, Tissue.DEEP_GM)))
              | ((rho_e < 0.7) & (sub == Tissue.GM))) & inside
     sub[edema] = Tissue.EDEMA
@@ -476,10 +494,14 @@ def _render(rng: np.random.Generator, cfg: PhantomConfig, axes, half_box, tissue
     noise_rng = np.random.default_rng(rng.integers(2**63))
 
     mask = tissues > 0
-    tumour = tissues >= Tissue.EDEMA
-    tex = texture(zc, yc, xc)
-    tex *= np.where(tumour, cfg.tumour_texture, cfg.texture).astype(np.float32)
-    tex += np.where(tumour, cfg.tumour_texture * hetero(zc, yc, xc), 0.0).astype(np.float32)
+    # Texture amplitude per tissue: healthy tissue and edema fairly smooth, the
+    # tumour core heterogeneous (two fields so core texture is coarser).
+    amp = np.full(len(Tissue), cfg.texture, np.float32)
+    amp[Tissue.EDEMA] = 0.5 * (cfg.texture + cfg.tumour_texture)
+    core_amp = np.zeros(len(Tissue), np.float32)
+    core_amp[[Tissue.NECROSIS, Tissue.NET, Tissue.ENHANCING]] = cfg.tumour_texture
+    tex = texture(zc, yc, xc) * amp[tissues]
+    tex += hetero(zc, yc, xc) * core_amp[tissues]
     sigma = cfg.blur_voxels
 
     images = {}
@@ -533,7 +555,7 @@ def make_case(seed: int, config: PhantomConfig | str = "small") -> PhantomCase:
     rng_anat = np.random.default_rng(ss_anat)
     # Brain centre relative to the field-of-view centre; the brain's bounding
     # box is roughly centred (its base is flatter than its top).
-    offset = rng_anat.uniform(-3, 3, 3) + np.array([-8.0, 0.0, 0.0])
+    offset = rng_anat.uniform(-3, 3, 3) + np.array([-9.0, 0.0, 0.0])
     axes = tuple(((np.arange(n) - (n - 1) / 2) * sp - off).astype(np.float64)
                  for n, sp, off in zip(shape, spacing, offset))
     half_box = tuple(max(h, float(np.abs(a).max()) + 10.0) for h, a in zip(_FIELD_HALF_BOX, axes))

@@ -25,13 +25,13 @@ SUFFIXES = {
     "brats2021": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
     "brats2023": {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"},
 }
-SPACING = (4.0, 4.0, 4.0)  # (z, y, x) mm of the "tiny" preset
+SPACING = (4.0, 3.0, 2.5)  # (z, y, x) mm written into the files (anisotropic on purpose)
 ORIGIN = np.array([-78.0, -95.0, -60.0])  # RAS mm of voxel (0, 0, 0) of the canonical array
 
 
 @pytest.fixture(scope="session")
 def phantom() -> PhantomCase:
-    """One tiny phantom case (34x48x40 voxels at 4 mm), all four labels present."""
+    """One tiny phantom case (4 mm voxels), all four labels present."""
     case = make_case(0, "tiny")
     assert set(np.unique(case.seg)) == {0, 1, 2, 4}
     return case
@@ -92,7 +92,7 @@ def write_case(tmp_path: Path, phantom: PhantomCase) -> Callable[..., Path]:
 @pytest.fixture
 def nifti() -> SimpleNamespace:
     """The file helpers of this conftest (``to_file``, ``save``) for tests to call."""
-    return SimpleNamespace(to_file=to_file, save=save, canonical_affine=canonical_affine)
+    return SimpleNamespace(to_file=to_file, save=save, canonical_affine=canonical_affine, spacing=SPACING)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from bigl.io import SEQUENCES
 from napari_bigl._reader import napari_get_reader
 
 PLUGIN = "napari-bigl"
-SPACING = (4.0, 4.0, 4.0)  # the "tiny" phantom preset, see conftest
 ORIENTATIONS = ("RAS", "LPS", "PIL")
 
 # BraTS colours of the paper's figures.
@@ -96,7 +95,7 @@ def test_reader_returns_none_for_what_it_does_not_read(tmp_path: Path, write_cas
 
 @pytest.mark.gui
 @pytest.mark.parametrize("axcodes", ORIENTATIONS)
-def test_open_case_folder(make_napari_viewer, write_case, phantom, axcodes: str) -> None:
+def test_open_case_folder(make_napari_viewer, write_case, phantom, nifti, axcodes: str) -> None:
     folder = write_case(axcodes=axcodes)
     viewer = make_napari_viewer()
     layers = viewer.open(str(folder), plugin=PLUGIN)
@@ -107,7 +106,7 @@ def test_open_case_folder(make_napari_viewer, write_case, phantom, axcodes: str)
     assert [type(layer).__name__ for layer in layers] == ["Image"] * 4 + ["Labels"]
     assert [layer.visible for layer in layers] == [True, False, False, False, True]
     for layer, key in zip(layers, (*SEQUENCES, None)):
-        np.testing.assert_allclose(layer.scale, SPACING)
+        np.testing.assert_allclose(layer.scale, nifti.spacing)  # (z, y, x) whatever the file order
         meta = layer.metadata
         volume = meta["bigl_volume"]
         assert volume.data is layer.data  # the metadata shares the array, no copy
@@ -218,21 +217,25 @@ def test_saved_labels_round_trip_unchanged(make_napari_viewer, write_case, tmp_p
     viewer = make_napari_viewer()
     _opened_labels(viewer, folder)
     out = tmp_path / "copy_seg.nii"  # uncompressed works too
-    viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    # No plugin named, as from File > Save Selected Layer: the extension picks this writer.
+    assert viewer.layers.save(str(out), selected=True) == [str(out)]
     source = nib.load(str(folder / "Case_001_seg.nii.gz"))
     written = nib.load(str(out))
     np.testing.assert_array_equal(written.affine, source.affine)
     np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(source.dataobj))
-    (reread,) = viewer.open(str(out), plugin=PLUGIN)  # and it reads back as labels
+    # napari's builtin reader also claims *.nii (via imageio + itk), so name the plugin; the GUI asks.
+    (reread,) = viewer.open(str(out), plugin=PLUGIN)
     assert type(reread).__name__ == "Labels"
 
 
 @pytest.mark.gui
-def test_save_without_extension_gets_nii_gz(make_napari_viewer, write_case, tmp_path: Path) -> None:
+def test_save_without_extension_gets_nii_gz(make_napari_viewer, write_case, tmp_path: Path,
+                                            phantom) -> None:
     viewer = make_napari_viewer()
     _opened_labels(viewer, write_case())
     (path,) = viewer.layers.save(str(tmp_path / "result"), selected=True, plugin=PLUGIN)
-    assert path.endswith("result.nii.gz") and nib.load(path).shape == (40, 48, 34)
+    assert path.endswith("result.nii.gz")
+    assert nib.load(path).shape == phantom.seg.shape[::-1]  # RAS file: (x, y, z)
 
 
 @pytest.mark.gui
@@ -252,7 +255,7 @@ def test_save_labels_without_grid_warns_and_uses_scale(make_napari_viewer, tmp_p
 
 
 @pytest.mark.gui
-def test_save_replaces_an_existing_file_but_never_the_scan(make_napari_viewer, write_case,
+def test_save_replaces_an_existing_file_but_never_the_scan(make_napari_viewer, write_case, phantom,
                                                             tmp_path: Path, notifications) -> None:
     folder = write_case()
     viewer = make_napari_viewer()
@@ -261,7 +264,7 @@ def test_save_replaces_an_existing_file_but_never_the_scan(make_napari_viewer, w
     out.write_bytes(b"old")
     viewer.layers.selection.active = layers[-1]
     assert viewer.layers.save(str(out), selected=True, plugin=PLUGIN) == [str(out)]
-    assert nib.load(str(out)).shape == (40, 48, 34)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), phantom.seg.transpose(2, 1, 0))
 
     # A labels layer made on the t1 grid (what the widget does) saved over the t1 file.
     t1 = layers[0]
@@ -302,3 +305,32 @@ def test_to_file_helper_keeps_world_positions(phantom, nifti) -> None:
     world = nib.affines.apply_affine(ras_aff, ijk)
     lps_ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(lps_aff), world)).astype(int)
     assert ras[tuple(ijk)] == lps[tuple(lps_ijk)]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@pytest.mark.gui
+def test_labels_render_in_brats_colours_on_a_real_display(make_napari_viewer, write_case,
+                                                          phantom) -> None:
+    import os
+
+    from qtpy.QtGui import QGuiApplication
+
+    assert os.environ.get("DISPLAY") and QGuiApplication.platformName() == "xcb"  # Xvfb, not offscreen
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open(str(write_case()), plugin=PLUGIN)
+    # The axial slice with the most of the rarest label, so all three colours show.
+    counts = [min(int((s == v).sum()) for v in (1, 2, 4)) for s in phantom.seg]
+    viewer.dims.set_current_step(0, int(np.argmax(counts)))
+    layers[-1].opacity = 1.0  # pure label colours, no blending with the anatomy
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    r, g, b = shot[..., 0], shot[..., 1], shot[..., 2]
+    red = (r > 200) & (g < 60) & (b < 60)
+    green = (g > 150) & (r < 60) & (b < 60)
+    yellow = (r > 200) & (g > 170) & (b < 60)
+    assert red.sum() > 20 and green.sum() > 20 and yellow.sum() > 20, (red.sum(), green.sum(),
+                                                                        yellow.sum())
+    # The tumour is drawn over the brain: the canvas also shows grey anatomy.
+    grey = (abs(r - g) < 8) & (abs(g - b) < 8) & (r > 40)
+    assert grey.sum() > 1000

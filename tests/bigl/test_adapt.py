@@ -1,0 +1,145 @@
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bigl.adapt import AdaptConfig, TranslatorTrainConfig, adapt, pseudo_labels
+from bigl.checkpoint import load_bundle, save_bundle
+from bigl.errors import BiglError
+from bigl.infer import segment_volume
+from bigl.io import list_cases, load_images
+from bigl.models.translator import TranslatorConfig
+from bigl.progress import Cancelled
+
+TINY_TRANSLATOR = TranslatorTrainConfig(steps=2, batch_size=2, translator=TranslatorConfig(width=8, n_res_blocks=1))
+
+
+def _cfg(**kw):
+    base = dict(steps=2, batch_size=2, checkpoint_every=1, selection_volumes=1, translator=TINY_TRANSLATOR)
+    return AdaptConfig(**(base | kw))
+
+
+@pytest.fixture()
+def split(tiny_dataset):
+    cases = list_cases(tiny_dataset)
+    return cases[:2], cases[2:]
+
+
+def test_one_step_changes_segmenter_and_discriminators(tiny_bundle_path, split, monkeypatch):
+    import bigl.adapt as A
+
+    source = load_bundle(tiny_bundle_path)
+    before = {k: v.clone() for k, v in source.segmenter.state_dict().items()}
+    seen = {}
+    real = A._alignment_discriminators
+
+    def spy(seg, cfg, device):
+        disc = real(seg, cfg, device)
+        seen["disc"] = disc
+        seen["before"] = {k: v.clone() for k, v in disc.state_dict().items()}
+        return disc
+
+    monkeypatch.setattr(A, "_alignment_discriminators", spy)
+    res = adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, select=False), device="cpu")
+    after = res.bundle.segmenter.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
+    # the source model itself is untouched (Φ is a copy)
+    assert all(torch.equal(before[k], v) for k, v in source.segmenter.state_dict().items())
+    disc = seen["disc"]
+    assert set(disc) == {"feat_s", "feat_t", "pos_s", "pos_t", "cha_s", "cha_t"}
+    for name in disc:
+        changed = [not torch.equal(seen["before"][k], v) for k, v in disc.state_dict().items() if k.startswith(name)]
+        assert any(changed), f"discriminator {name} did not move"
+
+
+@pytest.mark.parametrize("method,expected_disc", [("adaptseg", {"out"}), ("cycada", {"out"}),
+                                                   ("bigl-output", set())])
+def test_baselines_and_ablations_build_the_right_discriminators(method, expected_disc, tiny_bundle_path):
+    import bigl.adapt as A
+
+    seg = load_bundle(tiny_bundle_path).segmenter
+    cfg = (AdaptConfig(method="bigl", use_feature=False, use_attention=False) if method == "bigl-output"
+           else AdaptConfig(method=method))
+    assert set(A._alignment_discriminators(seg, cfg, torch.device("cpu"))) == expected_disc
+
+
+def test_adapted_bundle_segments_target_without_warning(tiny_bundle_path, split, tmp_path, recwarn):
+    res = adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "t2", _cfg(self_train=True,
+                self_train_rounds=1, self_train_steps=1, pseudo_threshold=0.0), device="cpu")
+    p = save_bundle(res.bundle, tmp_path / "adapted.safetensors")
+    bundle = load_bundle(p)
+    assert bundle.sequences == ("t2",) and bundle.source_sequence == "t1" and bundle.translator_t2s is not None
+    assert bundle.provenance["method"] == "bigl" and bundle.provenance["selection"]
+    image = load_images(split[1][0], ["t2"])["t2"]
+    seg = segment_volume(bundle, image, sequence="t2", device="cpu")
+    assert seg.labels.shape == image.data.shape
+    assert not [w for w in recwarn if "Adapt" in str(w.message)]
+
+
+@pytest.mark.parametrize("method", ["translate", "source-only", "adaptseg", "cycada"])
+def test_every_method_runs(method, tiny_bundle_path, split):
+    res = adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "t2", _cfg(method=method), device="cpu")
+    assert res.bundle.sequences == ("t2",)
+    assert res.bundle.inference == ("translate" if method == "translate" else "direct")
+
+
+def test_cancel_leaves_the_input_bundle_untouched(tiny_bundle_path, split, tmp_path):
+    digest = hashlib.sha256(tiny_bundle_path.read_bytes()).hexdigest()
+    n = []
+    with pytest.raises(Cancelled):
+        adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "t2", _cfg(steps=50), device="cpu",
+              cancel=lambda: n.append(1) or len(n) > 4)
+    assert hashlib.sha256(tiny_bundle_path.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in tiny_bundle_path.parent.iterdir()) == ["tiny_t1.last.safetensors",
+                                                                        "tiny_t1.safetensors"]
+
+
+def test_target_labels_are_never_opened(tiny_bundle_path, tiny_dataset):
+    """An audit hook records every file Python opens during adaptation; no target seg file may be among them."""
+    cases = list_cases(tiny_dataset)
+    target_segs = {str(c.files["seg"].resolve()) for c in cases[2:]}
+    source_segs = {str(c.files["seg"].resolve()) for c in cases[:2]}
+    opened: list[str] = []
+    active = [True]
+
+    def hook(event, args):
+        if event == "open" and active[0] and isinstance(args[0], (str, bytes, os.PathLike)):
+            path = os.fsdecode(args[0])
+            opened.append(str(Path(path).resolve()))
+
+    sys.addaudithook(hook)
+    try:
+        adapt(load_bundle(tiny_bundle_path), cases[:2], "t1", cases[2:], "t2", _cfg(self_train=True,
+              self_train_rounds=1, self_train_steps=1), device="cpu")
+    finally:
+        active[0] = False
+    assert source_segs & set(opened), "the hook saw no source labels: it is not recording opens"
+    assert not target_segs & set(opened)
+
+
+def test_pseudo_labels_ignore_disagreement(tiny_bundle_path, split):
+    from bigl.train import load_prepared
+
+    bundle = load_bundle(tiny_bundle_path)
+    vols = load_prepared(split[1], "t2", labels=False)
+
+    class Flip(torch.nn.Module):   # a "translator" that makes Φ(x_t→s) disagree everywhere in the brain
+        def forward(self, x, mask=None):
+            return -x
+
+    strict = pseudo_labels(bundle.segmenter, Flip(), vols, threshold=1.01, device=torch.device("cpu"))
+    assert all((v.target[v.mask] == -1).all() for v in strict)
+    assert all((v.target[~v.mask] == 0).all() for v in strict)
+
+
+def test_bad_config_and_inputs(tiny_bundle_path, split):
+    with pytest.raises(BiglError, match="unknown adaptation method"):
+        AdaptConfig(method="magic")
+    with pytest.raises(BiglError, match="unknown target sequence"):
+        adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "T9", _cfg(), device="cpu")
+    with pytest.raises(BiglError, match="3D"):
+        adapt(load_bundle(tiny_bundle_path), split[0], "t1", [np.zeros((3, 3))], "t2", _cfg(), device="cpu")

@@ -1,0 +1,125 @@
+import hashlib
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bigl import checkpoint
+from bigl.checkpoint import Bundle, load_bundle, read_document, save_bundle
+from bigl.errors import BiglError
+from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
+from bigl.models.translator import Generator, TranslatorConfig
+
+
+def _bundle(**kw):
+    torch.manual_seed(0)
+    seg = DualAttentionUNet(SegmenterConfig(widths=(8, 16, 32)))
+    return Bundle(segmenter=seg, sequences=("t1",), patch_size=(32, 40), provenance={"steps": 3, "seed": 1}, **kw)
+
+
+def test_round_trip_same_outputs_and_document(tmp_path):
+    b = _bundle()
+    p = save_bundle(b, tmp_path / "m.safetensors")
+    loaded = load_bundle(p)
+    x = torch.randn(2, 1, 32, 40)
+    b.segmenter.eval()
+    assert torch.equal(b.segmenter(x), loaded.segmenter(x))
+    assert loaded.sequences == ("t1",) and loaded.patch_size == (32, 40)
+    doc = read_document(p)
+    assert doc["provenance"] == {"steps": 3, "seed": 1}
+    assert doc["labels"]["class_to_label"] == [0, 1, 2, 4]
+    assert doc["library_version"] and doc["normalization"]["method"] == "zscore_in_brain"
+    assert doc["segmenter"]["widths"] == [8, 16, 32]
+
+
+def test_round_trip_with_translators(tmp_path):
+    g = Generator(TranslatorConfig(width=8, n_res_blocks=1))
+    b = _bundle(translator_t2s=g, translator_s2t=Generator(TranslatorConfig(width=8, n_res_blocks=1)),
+                inference="ensemble", source_sequence="t1")
+    loaded = load_bundle(save_bundle(b, tmp_path / "a.safetensors"))
+    x = torch.randn(1, 1, 32, 40)
+    assert torch.equal(g.eval()(x), loaded.translator_t2s(x))
+    assert loaded.inference == "ensemble" and loaded.source_sequence == "t1"
+
+
+def test_directory_bundle(tmp_path):
+    save_bundle(_bundle(), tmp_path / "d" / "m.safetensors")
+    assert load_bundle(tmp_path / "d").sequences == ("t1",)
+
+
+def test_refuses_overwrite_and_bad_suffix(tmp_path):
+    p = save_bundle(_bundle(), tmp_path / "m.safetensors")
+    with pytest.raises(BiglError, match="already exists.*--overwrite"):
+        save_bundle(_bundle(), p)
+    with pytest.raises(BiglError, match=r"\.safetensors"):
+        save_bundle(_bundle(), tmp_path / "m.pt")
+
+
+def test_interrupted_save_leaves_old_bundle_intact(tmp_path, monkeypatch):
+    p = save_bundle(_bundle(), tmp_path / "m.safetensors")
+    before = hashlib.sha256(p.read_bytes()).hexdigest()
+
+    def boom(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_bundle(_bundle(), p, overwrite=True)
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == before
+    assert [f.name for f in tmp_path.iterdir()] == ["m.safetensors"]   # no temporary file left behind
+
+
+def test_corrupt_file(tmp_path):
+    p = tmp_path / "junk.safetensors"
+    p.write_bytes(b"\x00\x01 not a bundle at all" * 10)
+    with pytest.raises(BiglError, match="junk.safetensors.*not a readable model bundle"):
+        load_bundle(p)
+
+
+def test_truncated_bundle(tmp_path):
+    p = save_bundle(_bundle(), tmp_path / "m.safetensors")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(BiglError, match="m.safetensors"):
+        load_bundle(p)
+
+
+def test_pickle_is_refused_not_unpickled(tmp_path):
+    p = tmp_path / "model.safetensors"
+    torch.save({"a": torch.zeros(1)}, p)
+    with pytest.raises(BiglError, match="model.safetensors"):
+        load_bundle(p)
+
+
+def test_foreign_safetensors(tmp_path):
+    p = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(p))
+    with pytest.raises(BiglError, match="not a bigl model bundle"):
+        load_bundle(p)
+
+
+def test_newer_format_is_refused(tmp_path):
+    b = _bundle()
+    p = tmp_path / "new.safetensors"
+    save_file(checkpoint._state(b), str(p), metadata={"format": "bigl-bundle", "format_version": "99",
+                                                     "document": json.dumps(b.document())})
+    with pytest.raises(BiglError, match="newer bigl.*upgrade"):
+        load_bundle(p)
+
+
+def test_weights_not_matching_config(tmp_path):
+    b = _bundle()
+    doc = b.document()
+    doc["segmenter"]["widths"] = [8, 16, 64]
+    p = tmp_path / "bad.safetensors"
+    save_file(checkpoint._state(b), str(p), metadata={"format": "bigl-bundle", "format_version": "1",
+                                                     "document": json.dumps(doc)})
+    with pytest.raises(BiglError, match="bad.safetensors.*do not match"):
+        load_bundle(p)
+
+
+def test_missing_bundle_names_the_path(tmp_path):
+    with pytest.raises(BiglError, match="nope.safetensors"):
+        load_bundle(tmp_path / "nope.safetensors")

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from bigl.checkpoint import load_bundle
+from bigl.errors import BiglError
+from bigl.infer import SequenceMismatchWarning, attention_query, resolve_device, segment_volume
+from bigl.io import list_cases, load_images
+from bigl.metrics import region_volumes
+
+
+@pytest.fixture(scope="module")
+def case_t1(tiny_dataset):
+    return load_images(list_cases(tiny_dataset)[0], ["t1"])["t1"]
+
+
+def test_outputs_lie_on_the_input_grid(tiny_bundle_path, case_t1):
+    seg = segment_volume(load_bundle(tiny_bundle_path), case_t1, sequence="t1", device="cpu")
+    shape = case_t1.data.shape
+    assert seg.labels.shape == shape and seg.labels.dtype == np.uint8
+    assert set(np.unique(seg.labels)) <= {0, 1, 2, 4}
+    assert seg.probabilities.shape == (4,) + shape
+    np.testing.assert_allclose(seg.probabilities.sum(0), 1.0, atol=1e-5)
+    outside = case_t1.data == 0
+    assert (seg.labels[outside] == 0).all() and (seg.probabilities[0][outside] == 1).all()
+    assert seg.attention.shape == shape and (seg.attention[outside] == 0).all() and seg.attention.max() > 0
+    assert seg.volumes_ml == region_volumes(seg.labels, case_t1.spacing)
+
+
+def test_labels_are_the_argmax_of_probabilities(tiny_bundle_path, case_t1):
+    seg = segment_volume(load_bundle(tiny_bundle_path), case_t1, sequence="t1", device="cpu")
+    np.testing.assert_array_equal(seg.labels, np.array([0, 1, 2, 4])[seg.probabilities.argmax(0)])
+
+
+def test_batch_size_does_not_change_the_result(tiny_bundle_path, case_t1):
+    b = load_bundle(tiny_bundle_path)
+    a = segment_volume(b, case_t1, device="cpu", batch_size=1)
+    c = segment_volume(b, case_t1, device="cpu", batch_size=64)
+    np.testing.assert_allclose(a.probabilities, c.probabilities, atol=1e-5)
+
+
+def test_other_sequence_warns_with_the_fix(tiny_bundle_path, case_t1):
+    with pytest.warns(SequenceMismatchWarning, match="Adapt to this modality.*bigl adapt"):
+        segment_volume(load_bundle(tiny_bundle_path), case_t1, sequence="t2", device="cpu")
+
+
+def test_attention_query_row(tiny_bundle_path, case_t1):
+    b = load_bundle(tiny_bundle_path)
+    z = int(np.argmax((case_t1.data != 0).sum(axis=(1, 2))))
+    ys, xs = np.nonzero(case_t1.data[z])
+    a = attention_query(b, case_t1, z, int(ys.min()) + 2, int(xs.min()) + 2, device="cpu")
+    c = attention_query(b, case_t1, z, int(ys.max()) - 2, int(xs.max()) - 2, device="cpu")
+    assert a.shape == case_t1.data.shape[1:] and a.max() > 0
+    assert (a[case_t1.data[z] == 0] == 0).all()
+    assert not np.allclose(a, c)            # different pixels look at different places
+    assert attention_query(b, case_t1, z, 0, 0, device="cpu").max() == 0   # outside the brain: nothing
+
+
+def test_bad_input_and_device():
+    with pytest.raises(BiglError, match="3D"):
+        segment_volume(None, np.zeros((4, 4)), device="cpu")
+    with pytest.raises(BiglError, match="unknown device"):
+        resolve_device("tpu")

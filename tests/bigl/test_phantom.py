@@ -1,0 +1,193 @@
+"""Tests of bigl.phantom: determinism, labels, masks, MR contrasts, dataset writing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bigl import io
+from bigl.errors import BiglError
+from bigl.phantom import SEQUENCES, PhantomConfig, Tissue, case_seed, make_case, write_dataset
+
+SEEDS = range(8)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return {s: make_case(s, "tiny") for s in SEEDS}
+
+
+def _mean(case, key, tissue):
+    sel = case.tissues == tissue
+    return float(case.images[key][sel].mean()) if sel.any() else np.nan
+
+
+def test_same_seed_gives_identical_arrays(cases):
+    again = make_case(3, "tiny")
+    for key in SEQUENCES:
+        np.testing.assert_array_equal(again.images[key], cases[3].images[key])
+    np.testing.assert_array_equal(again.seg, cases[3].seg)
+    np.testing.assert_array_equal(again.tissues, cases[3].tissues)
+
+
+def test_different_seeds_differ(cases):
+    assert not np.array_equal(cases[0].seg, cases[1].seg)
+    assert not np.array_equal(cases[0].tissues > 0, cases[1].tissues > 0)
+    assert not np.array_equal(cases[0].images["t1"], cases[1].images["t1"])
+
+
+def test_shapes_dtypes_and_int16_range(cases):
+    cfg = PhantomConfig.preset("tiny")
+    for case in cases.values():
+        assert case.spacing == cfg.spacing
+        assert set(case.images) == set(SEQUENCES)
+        for img in case.images.values():
+            assert img.shape == cfg.shape and img.dtype == np.float32
+            assert np.array_equal(img, np.rint(img)) and img.min() >= 0 and img.max() <= 32767
+        assert case.seg.shape == cfg.shape and case.seg.dtype == np.uint8
+
+
+def test_labels_are_brats_values_and_mostly_all_present(cases):
+    full = 0
+    for case in cases.values():
+        labels = set(np.unique(case.seg).tolist())
+        assert labels <= {0, 1, 2, 4}
+        assert 2 in labels  # edema is always there
+        full += labels == {0, 1, 2, 4}
+    assert full >= 6, f"only {full} of {len(cases)} cases have NCR, ED and ET"
+
+
+def test_seg_matches_tissue_map(cases):
+    for case in cases.values():
+        t = case.tissues
+        assert np.all((case.seg == 2) == (t == Tissue.EDEMA))
+        assert np.all((case.seg == 4) == (t == Tissue.ENHANCING))
+        assert np.all((case.seg == 1) == np.isin(t, (Tissue.NECROSIS, Tissue.NET)))
+
+
+def test_background_exactly_zero_and_same_mask_in_every_sequence(cases):
+    for case in cases.values():
+        brain = case.brain_mask
+        assert 0.05 < brain.mean() < 0.6
+        for key in SEQUENCES:
+            assert np.array_equal(case.images[key] > 0, brain), key
+        assert not case.seg[~brain].any()
+        # Skull-stripped volume inside the field of view: the outer voxel layer is background.
+        for ax in range(3):
+            assert not np.take(brain, [0, -1], axis=ax).any()
+
+
+@pytest.mark.parametrize(
+    ("key", "bright", "dark"),
+    [
+        ("t1", Tissue.WM, Tissue.CSF),
+        ("t1", Tissue.WM, Tissue.GM),
+        ("t2", Tissue.CSF, Tissue.WM),
+        ("t2", Tissue.GM, Tissue.WM),
+        ("flair", Tissue.GM, Tissue.CSF),
+        ("t2", Tissue.EDEMA, Tissue.WM),
+        ("flair", Tissue.EDEMA, Tissue.WM),
+        ("flair", Tissue.EDEMA, Tissue.GM),
+        ("t1ce", Tissue.ENHANCING, Tissue.WM),
+        ("t1", Tissue.WM, Tissue.ENHANCING),
+        ("t1", Tissue.WM, Tissue.NECROSIS),
+        ("t2", Tissue.NECROSIS, Tissue.WM),
+    ],
+)
+def test_tissue_contrast(cases, key, bright, dark):
+    for seed, case in cases.items():
+        b, d = _mean(case, key, bright), _mean(case, key, dark)
+        if np.isnan(b) or np.isnan(d):
+            continue  # e.g. a case without enhancing tumour
+        assert b > 1.05 * d, f"seed {seed} {key}: {bright.name} {b:.0f} not brighter than {dark.name} {d:.0f}"
+
+
+def test_edema_is_subtle_in_t1(cases):
+    ratios = [_mean(c, "t1", Tissue.EDEMA) / _mean(c, "t1", Tissue.WM) for c in cases.values()]
+    assert 0.7 < np.median(ratios) < 0.97
+
+
+def test_same_anatomy_on_every_grid():
+    tiny, small = make_case(5, "tiny"), make_case(5, "small")
+    assert tiny.info["tumour_centre_mm"] == small.info["tumour_centre_mm"]
+    brain_ml = [c.brain_mask.sum() * np.prod(c.spacing) / 1000 for c in (tiny, small)]
+    assert brain_ml[0] == pytest.approx(brain_ml[1], rel=0.1)
+    assert tiny.info["wt_ml"] == pytest.approx(small.info["wt_ml"], rel=0.3)
+
+
+def test_wt_volume_follows_config():
+    tiny = PhantomConfig.preset("tiny")
+    vols = {}
+    for target in (15.0, 60.0):
+        cfg = dataclasses.replace(tiny, wt_volume_ml=(target, target))
+        vols[target] = np.array([make_case(s, cfg).info["wt_ml"] for s in range(4)])
+    # Edema does not enter CSF and less the cortex, so volumes scatter around the target.
+    assert 25 < np.median(vols[60.0]) < 110, vols
+    assert np.median(vols[60.0]) > 2.5 * np.median(vols[15.0]), vols
+
+
+def test_presets_and_bad_config():
+    assert PhantomConfig.preset("brats").shape == (155, 240, 240)
+    assert PhantomConfig.preset("brats").spacing == (1.0, 1.0, 1.0)
+    assert PhantomConfig.preset("small").spacing == (2.0, 2.0, 2.0)
+    with pytest.raises(BiglError, match="brats, small, tiny"):
+        PhantomConfig.preset("huge")
+    with pytest.raises(BiglError, match="unknown phantom preset"):
+        make_case(0, "huge")
+    with pytest.raises(BiglError, match="spacing"):
+        make_case(0, dataclasses.replace(PhantomConfig.preset("tiny"), spacing=(4.0, 0.0, 4.0)))
+    with pytest.raises(BiglError, match="seed"):
+        make_case(-1, "tiny")
+
+
+def test_case_seeds_are_stable_and_distinct():
+    seeds = [case_seed(0, i) for i in range(50)]
+    assert len(set(seeds)) == 50
+    assert seeds == [case_seed(0, i) for i in range(50)]
+    assert case_seed(1, 0) != case_seed(0, 0)
+
+
+def test_write_dataset_round_trips_through_io(tmp_path):
+    folders = write_dataset(tmp_path / "ds", n_cases=2, seed=7, preset="tiny")
+    assert [f.name for f in folders] == ["Phantom_7_000", "Phantom_7_001"]
+    cases = io.list_cases(tmp_path / "ds")
+    assert [c.case_id for c in cases] == ["Phantom_7_000", "Phantom_7_001"]
+    for i, case in enumerate(cases):
+        assert case.sequences == SEQUENCES and case.has_labels
+        expected = make_case(case_seed(7, i), "tiny")
+        images = io.load_images(case)
+        for key in SEQUENCES:
+            np.testing.assert_array_equal(images[key].data, expected.images[key])
+            assert images[key].spacing == pytest.approx(expected.spacing)
+        np.testing.assert_array_equal(io.load_labels(case).data, expected.seg)
+
+
+def test_write_dataset_refuses_existing_case_folder(tmp_path):
+    write_dataset(tmp_path, n_cases=1, seed=0, preset="tiny")
+    before = (tmp_path / "Phantom_0_000" / "Phantom_0_000_t1.nii.gz").read_bytes()
+    with pytest.raises(BiglError, match="overwrite"):
+        write_dataset(tmp_path, n_cases=2, seed=0, preset="tiny")
+    assert not (tmp_path / "Phantom_0_001").exists()  # refused before writing anything
+    write_dataset(tmp_path, n_cases=1, seed=0, preset="tiny", overwrite=True)
+    assert (tmp_path / "Phantom_0_000" / "Phantom_0_000_t1.nii.gz").read_bytes() == before
+
+
+def test_write_dataset_bad_arguments(tmp_path):
+    with pytest.raises(BiglError, match="n_cases"):
+        write_dataset(tmp_path, n_cases=0, preset="tiny")
+    with pytest.raises(BiglError, match="prefix"):
+        write_dataset(tmp_path, n_cases=1, preset="tiny", prefix="a/b")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BiglError, match="not a folder"):
+        write_dataset(tmp_path / "file", n_cases=1, preset="tiny")
+
+
+def test_cli_phantom(tmp_path, capsys):
+    from bigl.cli import main
+
+    assert main(["phantom", "--out", str(tmp_path), "--n-cases", "1", "--preset", "tiny"]) == 0
+    assert (tmp_path / "Phantom_0_000" / "Phantom_0_000_seg.nii.gz").exists()
+    assert main(["phantom", "--out", str(tmp_path), "--n-cases", "1", "--preset", "tiny"]) == 2
+    assert "overwrite" in capsys.readouterr().err
