@@ -11,7 +11,7 @@ panel is windowed from 0 to the 99.5th percentile of its brain voxels. The label
 panel overlays the BraTS labels on FLAIR: edema (2) green, necrotic /
 non-enhancing core (1) yellow, enhancing tumour (4) red - i.e. WT green,
 TC yellow, ET red as in the BiGL paper's figures. Needs no matplotlib: numpy,
-scikit-image's zoom and Pillow (a scikit-image dependency) for the captions.
+scipy's zoom and Pillow (a scikit-image dependency) for the captions.
 """
 
 from __future__ import annotations

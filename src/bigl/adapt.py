@@ -58,7 +58,7 @@ class TranslatorTrainConfig:
     """Stage 1: the bidirectional translator (trained first, then frozen)."""
 
     steps: int = 400
-    batch_size: int = 4
+    batch_size: int = 2
     lr: float = 2e-4
     lambda_cyc: float = 10.0
     lambda_id: float = 0.5        # small: T1 and T2 invert contrasts, a strong identity term fights that

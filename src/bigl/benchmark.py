@@ -30,18 +30,19 @@ from bigl.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
-# row name -> (method, AdaptConfig overrides)
-ROWS: dict[str, tuple[str, dict[str, Any]]] = {
-    "Source only": ("source-only", {}),
-    "AdaptSegNet": ("adaptseg", {}),
-    "Translate only (CycleGAN)": ("translate", {}),
-    "CyCADA-style": ("cycada", {}),
-    "BiGL: output": ("bigl", {"use_feature": False, "use_attention": False}),
-    "BiGL: output + feature": ("bigl", {"use_attention": False}),
-    "BiGL: output + feature + attention": ("bigl", {}),
-    "BiGL + self-training": ("bigl", {"self_train": True}),
+# key -> (table row, adaptation method, AdaptConfig overrides); "target-only" trains on target labels instead
+ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "source-only": ("Source only", "source-only", {}),
+    "adaptseg": ("AdaptSegNet", "adaptseg", {}),
+    "translate": ("Translate only (CycleGAN)", "translate", {}),
+    "cycada": ("CyCADA-style", "cycada", {}),
+    "bigl-out": ("BiGL: output", "bigl", {"use_feature": False, "use_attention": False}),
+    "bigl-out-feat": ("BiGL: output + feature", "bigl", {"use_attention": False}),
+    "bigl": ("BiGL: output + feature + attention", "bigl", {}),
+    "bigl-st": ("BiGL + self-training", "bigl", {"self_train": True}),
+    "target-only": ("Target only (upper bound)", "", {}),
 }
-TARGET_ONLY = "Target only (upper bound)"
+SOURCE_ONLY, TARGET_ONLY = ROWS["source-only"][0], ROWS["target-only"][0]
 
 
 @dataclass
@@ -70,10 +71,10 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = list_cases(data)
-    rows = rows or tuple(ROWS) + (TARGET_ONLY,)
-    unknown = [r for r in rows if r not in ROWS and r != TARGET_ONLY]
+    rows = rows or tuple(ROWS)
+    unknown = [r for r in rows if r not in ROWS]
     if unknown:
-        raise BiglError(f"unknown benchmark rows {unknown}; choose from {list(ROWS) + [TARGET_ONLY]}")
+        raise BiglError(f"unknown benchmark methods {unknown}; choose from {', '.join(ROWS)}")
     tcfg = train_config or TrainConfig()
     acfg = adapt_config or AdaptConfig()
     results: dict[str, Any] = {"data": str(data), "source": source_seq, "target": target_seq, "seeds": list(seeds),
@@ -87,14 +88,14 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
         src = train(splits.source, source_seq, seed_dir / f"source_{source_seq}.safetensors",
                     replace(tcfg, seed=seed), device=device, overwrite=True, progress=progress).bundle
         translators = None
-        for row in rows:
+        for key in rows:
+            row, method, overrides = ROWS[key]
             t0 = time.perf_counter()
-            if row == TARGET_ONLY:
+            if key == "target-only":
                 bundle = train(splits.target, target_seq, seed_dir / f"target_{target_seq}.safetensors",
                                replace(tcfg, seed=seed), device=device, overwrite=True, progress=progress).bundle
                 extra: dict[str, Any] = {}
             else:
-                method, overrides = ROWS[row]
                 cfg = replace(acfg, method=method, seed=seed, **overrides)
                 res = adapt(src, splits.source, source_seq, splits.target, target_seq, cfg, device=device,
                             progress=progress, translators=translators)
@@ -164,12 +165,12 @@ def results_markdown(results: dict[str, Any]) -> str:
     for row, a in aggs.items():
         lines.append(f"| {row} | " + " | ".join(f"{a[r]['hd95_mean']:.2f} ± {a[r]['hd95_std']:.2f}"
                                                  for r in REGION_ORDER) + " |")
-    lo, hi = aggs.get("Source only"), aggs.get(TARGET_ONLY)
+    lo, hi = aggs.get(SOURCE_ONLY), aggs.get(TARGET_ONLY)
     if lo and hi:
         gap = hi["average"]["dice_mean"] - lo["average"]["dice_mean"]
         lines += ["", "Share of the source-only → target-only gap in average DSC closed:", ""]
         for row, a in aggs.items():
-            if row not in ("Source only", TARGET_ONLY) and gap > 0:
+            if row not in (SOURCE_ONLY, TARGET_ONLY) and gap > 0:
                 closed = (a["average"]["dice_mean"] - lo["average"]["dice_mean"]) / gap
                 lines.append(f"- {row}: {100 * closed:.0f} % (average DSC {100 * a['average']['dice_mean']:.2f}"
                              f" ± {100 * a['average']['dice_seed_std']:.2f} across seeds)")

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from bigl import __version__
+from bigl._fs import atomic_path
 from bigl.errors import BiglError
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
 from bigl.models.translator import Generator, TranslatorConfig
@@ -110,14 +110,8 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, *, overwrite: bool = Fa
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "document": json.dumps(bundle.document(), sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(_state(bundle), tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     bundle.path = path
     log.info("saved bundle %s", path)
     return path

@@ -130,7 +130,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     tcfg = TrainConfig(**({"steps": args.train_steps} if args.train_steps else {}))
     acfg = AdaptConfig(**({"steps": args.steps} if args.steps else {}))
     results = run_benchmark(args.data, args.source, args.target, args.out, seeds=tuple(args.seeds),
-                            train_config=tcfg, adapt_config=acfg, device=args.device, progress=TextProgress())
+                            rows=tuple(args.methods) if args.methods else None, train_config=tcfg, adapt_config=acfg, device=args.device, progress=TextProgress())
     print((Path(args.out) / "results.md").read_text())
     print(f"benchmark took {results['seconds']:.0f} s; wrote {args.out}/results.md, results.json, figure.png")
     return 0
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, choices=SEQUENCES)
     p.add_argument("--out", required=True, help="results folder (results.md, results.json, figure.png)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--methods", nargs="+", default=None, metavar="KEY",
+                   help="rows to run (default all): source-only adaptseg translate cycada bigl-out bigl-out-feat "
+                        "bigl bigl-st target-only")
     p.add_argument("--steps", type=int, default=None, help="alignment steps per method")
     p.add_argument("--train-steps", type=int, default=None, help="supervised steps for source/target-only models")
     _common(p, overwrite=False)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
+
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_mod
 
+from bigl._fs import atomic_path
 from bigl.errors import BiglError
 
 logger = logging.getLogger(__name__)
@@ -290,16 +291,11 @@ def _atomic_save(img: nib.Nifti1Image, path: Path, overwrite: bool) -> Path:
     except OSError as exc:
         raise BiglError(f"{path}: cannot create folder {path.parent} ({exc}); pick a writable path.") from exc
     suffix = path.name[len(stem) :]  # keeps .nii vs .nii.gz so nibabel compresses the same way
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
     try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix) as tmp:
+            nib.save(img, tmp)
     except OSError as exc:
         raise BiglError(f"{path} could not be written ({exc}); check free space and permissions.") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     logger.debug("wrote %s", path)
     return path
 

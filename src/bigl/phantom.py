@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from bigl import io
 from bigl.errors import BiglError
+from bigl.io import SEQUENCES
 
 logger = logging.getLogger(__name__)
-
-SEQUENCES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
 
 class Tissue(IntEnum):
@@ -591,8 +591,6 @@ def write_dataset(
     ``_seg``; case ``i`` uses :func:`case_seed` ``(seed, i)``. Refuses to write
     into an existing case folder unless ``overwrite``. Returns the case folders.
     """
-    from bigl import io  # local: io is a sibling, imported only when writing
-
     seed = _check_seed(seed)
     if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
         raise BiglError(f"n_cases must be a positive integer, got {n_cases!r}.")

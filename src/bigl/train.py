@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Supervised training settings. CPU defaults reach a useful model on the sample cases in minutes."""
 
-    steps: int = 1200
-    batch_size: int = 16
+    steps: int = 800
+    batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-5
     lr_power: float = 0.9

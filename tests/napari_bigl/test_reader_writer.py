@@ -334,3 +334,18 @@ def test_labels_render_in_brats_colours_on_a_real_display(make_napari_viewer, wr
     # The tumour is drawn over the brain: the canvas also shows grey anatomy.
     grey = (abs(r - g) < 8) & (abs(g - b) < 8) & (r > 40)
     assert grey.sum() > 1000
+
+
+def test_layer_volume_keeps_the_file_grid_only_when_shapes_match(write_case) -> None:
+    from napari_bigl._layers import layer_volume
+    from napari_bigl._reader import read_case_folder
+
+    data, kwargs, _ = read_case_folder(str(write_case(axcodes="LPS")))[-1]
+    result = np.zeros_like(data)
+    vol = layer_volume(result, kwargs["metadata"], kwargs["scale"])
+    ref = kwargs["metadata"]["bigl_volume"]
+    assert vol.data is result and vol.path == ref.path
+    np.testing.assert_array_equal(vol.affine, ref.affine)
+    other = layer_volume(result[:5], kwargs["metadata"], (3.0, 2.0, 1.0))
+    assert other.path is None and other.spacing == (3.0, 2.0, 1.0)
+    np.testing.assert_array_equal(other.affine, np.diag([1.0, 2.0, 3.0, 1.0]))

@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from bigl.adapt import AdaptConfig, TranslatorTrainConfig
+from bigl.benchmark import ROWS, results_markdown, run_benchmark, split_dataset
+from bigl.errors import BiglError
+from bigl.io import list_cases
+from bigl.models.segmenter import SegmenterConfig
+from bigl.models.translator import TranslatorConfig
+from bigl.phantom import write_dataset
+from bigl.train import TrainConfig
+
+
+def test_splits_are_subject_disjoint_and_seeded(tiny_dataset, tmp_path):
+    write_dataset(tmp_path, n_cases=10, seed=1, preset="tiny")
+    cases = list_cases(tmp_path)
+    s = split_dataset(cases, seed=3)
+    ids = [c.case_id for part in (s.source, s.target, s.test) for c in part]
+    assert len(ids) == len(set(ids)) == 10 and len(s.source) == 4 and len(s.target) == 4 and len(s.test) == 2
+    assert [c.case_id for c in split_dataset(cases, seed=3).test] == [c.case_id for c in s.test]
+    with pytest.raises(BiglError, match="at least 6"):
+        split_dataset(cases[:5], seed=0)
+
+
+def _summary(d):
+    reg = {"dice_mean": d, "dice_std": 0.1, "hd95_mean": 10.0, "hd95_std": 1.0}
+    return {r: dict(reg) for r in ("WT", "TC", "ET", "average")}
+
+
+def test_markdown_table_and_gap():
+    runs = [{"row": ROWS[k][0], "seed": 0, "seconds": 1.0, "summary": _summary(d)}
+            for k, d in (("source-only", 0.1), ("bigl", 0.7), ("target-only", 0.8))]
+    md = results_markdown({"source": "t1", "target": "t2", "data": "d", "seeds": [0], "runs": runs})
+    assert "| Source only | 10.00 ± 10.00" in md and "| BiGL: output + feature + attention | 70.00" in md
+    assert "BiGL: output + feature + attention: 86 %" in md   # (0.7 - 0.1) / (0.8 - 0.1)
+
+
+def test_tiny_benchmark_end_to_end(tmp_path):
+    write_dataset(tmp_path / "data", n_cases=6, seed=2, preset="tiny")
+    tcfg = TrainConfig(steps=2, batch_size=2, val_every=2, segmenter=SegmenterConfig(widths=(8, 16, 32)))
+    acfg = AdaptConfig(steps=2, batch_size=2, checkpoint_every=1, selection_volumes=1,
+                       translator=TranslatorTrainConfig(steps=1, batch_size=1,
+                                                        translator=TranslatorConfig(width=8, n_res_blocks=1)))
+    res = run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=("source-only", "translate", "bigl",
+                        "target-only"), train_config=tcfg, adapt_config=acfg, device="cpu")
+    assert [r["row"] for r in res["runs"]] == [ROWS[k][0] for k in ("source-only", "translate", "bigl",
+                                                                     "target-only")]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Share of the source-only → target-only gap" in md and "Unsupervised checkpoint selection" in md
+    assert (tmp_path / "out" / "figure.png").stat().st_size > 1000
+    bigl_run = next(r for r in res["runs"] if r["row"] == ROWS["bigl"][0])
+    assert {s["step"] for s in bigl_run["snapshots"]} == {1, 2}
+    assert 0 <= np.mean([c["WT"]["dice"] for c in bigl_run["per_case"]]) <= 1
