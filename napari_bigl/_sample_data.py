@@ -39,10 +39,13 @@ def bundled_case_layers(sample_dir: Path | None = None) -> list[LayerDataTuple] 
 
 
 def generated_case_layers(seed: int = 0, preset: str = "small") -> list[LayerDataTuple]:
-    """Layers of a phantom case made in memory (no files; the grid is a plain RAS+ one)."""
-    from bigl.phantom import make_case  # generating is the rare path; keep import cost off the menu
+    """Layers of a phantom case made in memory (no files; the grid is a plain RAS+ one).
 
-    case = make_case(seed, preset)
+    Case 0 of ``bigl phantom --seed SEED``: the same anatomy as the first bundled sample case.
+    """
+    from bigl.phantom import case_seed, make_case  # generating is the rare path; keep import cost off the menu
+
+    case = make_case(case_seed(seed, 0), preset)
     layers = [image_layer_data(volume_from_array(case.images[key], case.spacing),
                                f"{GENERATED_ID} {key}", key, visible=(i == 0))
               for i, key in enumerate(SEQUENCES)]

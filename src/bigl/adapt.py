@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigl.checkpoint import Bundle
+from bigl.checkpoint import Bundle, jsonable
 from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
 from bigl.io import SEQUENCES, Case, Volume, list_cases, load_images
@@ -392,7 +392,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     provenance = {"command": "adapt", "method": cfg.method, "source_bundle": str(source.path) if source.path else None,
                   "source_sequence": source_sequence, "target_sequence": target_sequence,
                   "source_cases": [c.case_id for c in src_cases], "target_cases": [v.name for v in tgt],
-                  "config": _jsonable(asdict(cfg)), "device": str(dev)}
+                  "config": jsonable(asdict(cfg)), "device": str(dev)}
 
     if cfg.method == "source-only":
         bundle = Bundle(segmenter=seg.eval(), patch_size=patch, provenance=provenance, **base)
@@ -476,10 +476,3 @@ def _load_best(seg: nn.Module, snapshots: list[Snapshot], select: bool) -> int:
     seg.load_state_dict(pick.state)
     return pick.step
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

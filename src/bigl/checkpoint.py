@@ -88,6 +88,15 @@ class Bundle:
         }
 
 
+def jsonable(obj: Any) -> Any:
+    """Tuples -> lists, recursively, so a dataclass dict survives a JSON round trip unchanged in shape."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
 def _state(bundle: Bundle) -> dict[str, torch.Tensor]:
     tensors = {}
     parts = {"segmenter": bundle.segmenter, "translator_t2s": bundle.translator_t2s,

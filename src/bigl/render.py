@@ -24,14 +24,18 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 def label_overlay(image: np.ndarray, labels: np.ndarray | None, alpha: float = 0.55) -> np.ndarray:
-    """RGB uint8 (H, W, 3): grey image with BraTS labels blended on top."""
+    """RGB uint8 (H, W, 3): grey image with BraTS labels blended on top, anterior up.
+
+    Axial slices are (y, x) with y running posterior -> anterior (bigl.io), so
+    rows are flipped to show anterior at the top as radiology viewers do.
+    """
     gray = to_gray(image)
     rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
     if labels is not None:
         for value, colour in LABEL_COLOURS.items():
             m = labels == value
             rgb[m] = (1 - alpha) * rgb[m] + alpha * np.asarray(colour, np.float32)
-    return rgb.astype(np.uint8)
+    return rgb.astype(np.uint8)[::-1]
 
 
 def tile(panels: list[tuple[str, np.ndarray]], scale: int = 2, columns: int | None = None) -> np.ndarray:

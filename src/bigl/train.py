@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bigl.checkpoint import Bundle, save_bundle
+from bigl.checkpoint import Bundle, jsonable, load_bundle, save_bundle
 from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
 from bigl.io import Case, list_cases, load_images, load_labels
@@ -170,7 +170,7 @@ def train(data: str | Path | list[Case], sequence: str, out: str | Path, config:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     provenance = {"command": "train", "data": str(data if not isinstance(data, list) else cases[0].path.parent),
                   "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
-                  "sequence": sequence, "config": _jsonable(asdict(cfg)), "device": str(dev)}
+                  "sequence": sequence, "config": jsonable(asdict(cfg)), "device": str(dev)}
 
     def make_bundle(step: int, metrics: dict[str, float]) -> Bundle:
         return Bundle(segmenter=model, sequences=(sequence,), patch_size=patch, normalization=NORMALIZATION,
@@ -204,14 +204,5 @@ def train(data: str | Path | list[Case], sequence: str, out: str | Path, config:
             save_bundle(make_bundle(step, history[-1] if history else {}), last_out, overwrite=True)
             raise
     save_bundle(make_bundle(cfg.steps, history[-1]), last_out, overwrite=True)
-    from bigl.checkpoint import load_bundle
-
     return TrainResult(load_bundle(out, device=dev), out, last_out, history, best, time.perf_counter() - t0)
 
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj

@@ -1,0 +1,253 @@
+"""Qt-free logic of the "BiGL Segment" widget (:mod:`napari_bigl._widget`).
+
+Everything here can be tested without a display: reading a napari image layer
+as a :class:`bigl.io.Volume`, the sequence guess, the device note, turning
+results into layer data, error texts, progress texts, the default source
+dataset for adaptation, and the "latest request wins" queue behind the live
+attention query. No model, IO or numerics: those are single calls into
+:mod:`bigl` (``segment_volume``, ``attention_query``, ``adapt``,
+``translate_volume``, ``load_bundle``/``save_bundle``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from bigl.errors import BiglError
+from bigl.io import SEQUENCES, Volume, list_cases, sequence_from_name
+from bigl.progress import Progress
+
+from napari_bigl._layers import (
+    SEQUENCE_KEY,
+    LayerDataTuple,
+    contrast_limits,
+    labels_layer_data,
+    layer_volume,
+)
+from napari_bigl._sample_data import SAMPLE_DIR
+
+DEVICES = ("auto", "cpu", "cuda")
+ROLE_KEY = "bigl_role"              # metadata marking layers the widget made (not offered as inputs)
+QUERY_LAYER = "attention query"
+ATTENTION_COLORMAP = "inferno"
+ATTENTION_OPACITY = 0.6
+ADAPT_STEPS = 200                   # stage-2 alignment steps: a few minutes on a laptop CPU
+TRANSLATOR_STEPS = 200              # stage-1 translator steps
+PREVIEW_EVERY = 50
+
+
+def labels_name(image_name: str) -> str:
+    return f"{image_name} BiGL labels"
+
+
+def attention_name(image_name: str) -> str:
+    return f"{image_name} attention"
+
+
+def translated_name(image_name: str) -> str:
+    return f"{image_name} x_t→s"
+
+
+# ----------------------------------------------------------------------------- inputs
+def image_input(layer: Any) -> Volume:
+    """The Volume a napari image layer shows, on its file grid; a clear BiglError for what bigl cannot segment."""
+    if layer is None:
+        raise BiglError("no image layer is selected; open a case (File > Open, or File > Open Sample > "
+                        "napari-bigl > BiGL phantom case) and pick its image in the 'image' list")
+    if getattr(layer, "multiscale", False):
+        raise BiglError(f"layer '{layer.name}' is multiscale; BiGL segments a single-resolution 3D volume. "
+                        "Open the series at full resolution")
+    if getattr(layer, "rgb", False):
+        raise BiglError(f"layer '{layer.name}' is an RGB image; BiGL segments one grey-scale MR series (z, y, x)")
+    data = layer.data
+    if data.ndim != 3:
+        raise BiglError(f"layer '{layer.name}' is {data.ndim}D with shape {tuple(data.shape)}; BiGL segments a "
+                        "3D MR volume (z, y, x). Open the whole series (a NIfTI file or a BraTS case folder), "
+                        "not a single slice")
+    return layer_volume(data, layer.metadata, layer.scale)
+
+
+def guess_sequence(layer: Any) -> str | None:
+    """The layer's sequence: the reader's ``metadata["sequence"]``, else a guess from the layer name."""
+    if layer is None:
+        return None
+    seq = (layer.metadata or {}).get(SEQUENCE_KEY)
+    return seq if seq in SEQUENCES else sequence_from_name(layer.name)
+
+
+def require_sequence(sequence: str | None, layer_name: str) -> str:
+    if sequence not in SEQUENCES:
+        raise BiglError(f"the MR sequence of layer '{layer_name}' is not known (it could not be guessed from its "
+                        f"name); choose it in the 'sequence' list ({', '.join(SEQUENCES)})")
+    return sequence
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def device_note(choice: str, has_cuda: bool | None = None) -> str:
+    """One line under the device list saying where the work will run."""
+    has_cuda = cuda_available() if has_cuda is None else has_cuda
+    if choice == "cuda" and not has_cuda:
+        return "⚠ No CUDA GPU found: choose auto or cpu."
+    if choice == "cpu" or not has_cuda:
+        return "Runs on the CPU: segmenting takes seconds, adapting minutes."
+    return "Runs on the GPU."
+
+
+# ----------------------------------------------------------------------------- results -> layer data
+def _placed(layer_data: LayerDataTuple, image: Any, role: str | None = None) -> LayerDataTuple:
+    """Put a result layer exactly over ``image`` (its scale and translate), optionally tagging its role."""
+    data, kwargs, kind = layer_data
+    kwargs = {**kwargs, "scale": tuple(image.scale), "translate": tuple(image.translate)}
+    if role is not None:
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), ROLE_KEY: role}
+    return data, kwargs, kind
+
+
+def labels_layer(image: Any, labels: np.ndarray) -> LayerDataTuple:
+    """BraTS-coloured labels over ``image``; ``metadata["bigl_volume"]`` keeps the image's file grid for saving."""
+    return _placed(labels_layer_data(layer_volume(labels, image.metadata, image.scale), labels_name(image.name)),
+                   image, role="labels")
+
+
+def attention_layer(image: Any, attention: np.ndarray) -> LayerDataTuple:
+    """The attention volume as an additive heat map over ``image``."""
+    kwargs = {"name": attention_name(image.name), "colormap": ATTENTION_COLORMAP, "blending": "additive",
+              "opacity": ATTENTION_OPACITY, "contrast_limits": attention_limits(attention), "metadata": {}}
+    return _placed((attention, kwargs, "image"), image, role="attention")
+
+
+def translated_layer(image: Any, translated: np.ndarray) -> LayerDataTuple:
+    """x_t→s (normalised intensity) in grey, over ``image``."""
+    kwargs = {"name": translated_name(image.name), "colormap": "gray",
+              "contrast_limits": contrast_limits(translated), "metadata": {}}
+    return _placed((translated, kwargs, "image"), image, role="translated")
+
+
+def attention_limits(attention: np.ndarray) -> tuple[float, float]:
+    """Display window of an attention map: 0 (no attention) to its 99.5th percentile inside the brain."""
+    values = attention[attention > 0]
+    hi = float(np.percentile(values, 99.5)) if values.size else 1.0
+    return 0.0, hi if hi > 0 else 1.0
+
+
+def format_volumes(volumes_ml: Mapping[str, float]) -> str:
+    return "   ".join(f"{k} {v:.1f} ml" for k, v in volumes_ml.items())
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+def format_progress(p: Progress) -> str:
+    text = f"{p.stage} {p.step}/{p.total}"
+    if p.eta_s is not None and p.step < p.total:
+        text += f" · ETA {format_seconds(p.eta_s)}"
+    return text
+
+
+def describe_error(exc: BaseException, action: str) -> str:
+    """The notification text for an exception raised by a bigl call."""
+    if isinstance(exc, BiglError):
+        return str(exc)
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return (f"{action}: out of memory. Choose device 'cpu' (GPU memory is usually the smaller), close other "
+                "programs, or crop/downsample the volume and try again.")
+    return f"{action} failed: {type(exc).__name__}: {exc}"
+
+
+# ----------------------------------------------------------------------------- adaptation data
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "napari-bigl"
+
+
+PHANTOM_SOURCE_DIR_NAME = "phantom_source"
+
+
+def default_source_dir(sample_dir: Path = SAMPLE_DIR) -> Path:
+    """Labelled source cases for adaptation: the repo's ``sample_data/``, else a generated phantom set in the cache."""
+    try:
+        if sample_dir.is_dir() and list_cases(sample_dir):
+            return sample_dir
+    except BiglError:
+        pass
+    return cache_dir() / PHANTOM_SOURCE_DIR_NAME
+
+
+def ensure_source_dataset(path: Path) -> Path:
+    """Generate the phantom source set the first time the cache default is used (seconds; once)."""
+    path = Path(path)
+    if path == cache_dir() / PHANTOM_SOURCE_DIR_NAME and not path.exists():
+        from bigl.phantom import write_dataset
+
+        write_dataset(path, n_cases=6, seed=0, preset="small")
+    return path
+
+
+# ----------------------------------------------------------------------------- threading helpers
+class CancelFlag:
+    """A thread-safe cancel flag, callable as bigl's ``cancel()``."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    serial: int
+    zyx: tuple[int, int, int]
+
+
+class LatestOnly:
+    """Debounce for the live attention query: one request in flight, only the newest one waiting.
+
+    ``submit`` returns the request to start now, or None when one is running
+    (then the new request replaces any waiting one: stale positions are dropped).
+    ``done`` returns the waiting request to start next, if any. ``is_latest``
+    says whether a finished request's result is still wanted.
+    """
+
+    def __init__(self) -> None:
+        self._serial = 0
+        self._running: QueryRequest | None = None
+        self._waiting: QueryRequest | None = None
+
+    def submit(self, zyx: tuple[int, int, int]) -> QueryRequest | None:
+        self._serial += 1
+        req = QueryRequest(self._serial, zyx)
+        if self._running is None:
+            self._running = req
+            return req
+        self._waiting = req
+        return None
+
+    def done(self) -> QueryRequest | None:
+        self._running, self._waiting = self._waiting, None
+        return self._running
+
+    def is_latest(self, req: QueryRequest) -> bool:
+        return req.serial == self._serial
+
+    def reset(self) -> None:
+        self._serial += 1          # results of anything in flight are now stale
+        self._waiting = None
