@@ -26,10 +26,11 @@ Qt-free logic lives in :mod:`napari_bigl._controller`.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ from napari.layers import Image, Labels, Layer
 from napari.qt.threading import create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                             QLineEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -72,6 +73,8 @@ class _Job:
     name: str
     cancel: ctl.CancelFlag = field(default_factory=ctl.CancelFlag)
     bar: Any = None               # napari progress bar (activity dock)
+    worker_done: bool = False
+    steps: Iterator[None] | None = None   # GUI-thread steps still to run after the worker returned
 
 
 @dataclass
@@ -318,8 +321,10 @@ class SegmentWidget(QWidget):
 
         self._with_bundle(run)
 
-    def _show_segmentation(self, image: Image, volume: Volume, bundle: Bundle, seg: Any) -> None:
+    def _show_segmentation(self, image: Image, volume: Volume, bundle: Bundle, seg: Any) -> Iterator[None]:
+        """Put the results on screen, one layer per event-loop turn (see :meth:`_job_returned`)."""
         self._put_layer(ctl.attention_layer(image, seg.attention))
+        yield
         self._put_layer(ctl.labels_layer(image, seg.labels))
         self._result = _Result(image, volume, bundle, seg.attention)
         self.volumes_label.setText(ctl.format_volumes(seg.volumes_ml))
@@ -460,8 +465,8 @@ class SegmentWidget(QWidget):
         image, step, labels = payload
         if self._job is None or self._job.name != "adapt" or self._job.cancel():
             return
-        self._put_layer(ctl.labels_layer(image, labels))
         self.progress_bar.setToolTip(f"labels previewed at step {step}")
+        self._put_layer(ctl.labels_layer(image, labels))
 
     def _restore_labels(self, image: Image, before: np.ndarray | None) -> None:
         labels = self._layer(ctl.labels_name(image.name))
@@ -472,11 +477,12 @@ class SegmentWidget(QWidget):
         else:
             labels.data = before
 
-    def _adapted_done(self, image: Image, volume: Volume, out: tuple) -> None:
+    def _adapted_done(self, image: Image, volume: Volume, out: tuple) -> Iterator[None]:
         result, seg, translated = out
         self._adapted = result.bundle
-        self._show_segmentation(image, volume, result.bundle, seg)
+        yield from self._show_segmentation(image, volume, result.bundle, seg)
         if translated is not None:
+            yield
             layer = self._put_layer(ctl.translated_layer(image, translated))
             here, above_image = self.viewer.layers.index(layer), self.viewer.layers.index(image) + 1
             if here > above_image:
@@ -541,11 +547,30 @@ class SegmentWidget(QWidget):
         self._workers.add(worker)
         worker.finished.connect(functools.partial(self._workers.discard, worker))
 
-    def _job_returned(self, job: _Job, done: Callable[[Any], None], result: Any) -> None:
+    def _job_returned(self, job: _Job, done: Callable[[Any], Any], result: Any) -> None:
+        # ``done`` may be a generator: each step then runs in its own event-loop turn, so that adding
+        # several large layers (napari needs ~0.1 s per layer) never blocks the viewer for long.
         try:
-            done(result)
+            steps = done(result)
         except Exception as exc:  # noqa: BLE001
-            self._report(exc, job.name)
+            self._report(exc, job.name.capitalize())
+            return
+        if inspect.isgenerator(steps):
+            job.steps = steps
+            self._next_step(job)
+
+    def _next_step(self, job: _Job) -> None:
+        try:
+            next(job.steps)
+        except StopIteration:
+            job.steps = None
+        except Exception as exc:  # noqa: BLE001
+            job.steps = None
+            self._report(exc, job.name.capitalize())
+        if job.steps is not None:
+            QTimer.singleShot(1, functools.partial(self._next_step, job))  # 1 ms: due timers (repaints) go first
+        else:
+            self._maybe_finish(job)
 
     def _job_errored(self, job: _Job, failed: Callable[[], None] | None, exc: BaseException) -> None:
         if failed is not None:
@@ -559,6 +584,12 @@ class SegmentWidget(QWidget):
             self._report(exc, job.name.capitalize())
 
     def _job_finished(self, job: _Job) -> None:
+        job.worker_done = True
+        self._maybe_finish(job)
+
+    def _maybe_finish(self, job: _Job) -> None:
+        if not job.worker_done or job.steps is not None:
+            return
         self._flags.discard(job.cancel)
         if job.bar is not None:
             job.bar.close()

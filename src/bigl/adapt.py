@@ -192,7 +192,7 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        report(step, gan=float(loss_gan), cyc=float(loss_cyc), d=float(loss_d))
+        report(step, gan=loss_gan.item(), cyc=loss_cyc.item(), d=loss_d.item())
     for g in (g_s2t, g_t2s):
         g.eval().requires_grad_(False)
     return g_s2t, g_t2s
@@ -299,7 +299,7 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
         loss_d.backward()
         opt_d.step()
         terms["disc"] = loss_d
-    return {k: float(v) for k, v in terms.items()}
+    return {k: float(v.detach()) for k, v in terms.items()}
 
 
 def _split(out, i: int, sizes: list[int]):
