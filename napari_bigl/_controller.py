@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from bigl.adapt import AdaptConfig, adapt
+from bigl.checkpoint import Bundle
 from bigl.errors import BiglError
+from bigl.infer import Segmentation, SequenceMismatchWarning, check_sequence, segment_volume
 from bigl.io import SEQUENCES, Volume, list_cases, sequence_from_name
-from bigl.progress import Progress
+from bigl.progress import CancelFn, Progress, ProgressFn
+from bigl.translate import translate_volume
 
 from napari_bigl._layers import (
     SEQUENCE_KEY,
@@ -38,7 +43,7 @@ ROLE_KEY = "bigl_role"              # metadata marking layers the widget made (n
 QUERY_LAYER = "attention query"
 ATTENTION_COLORMAP = "inferno"
 ATTENTION_OPACITY = 0.6
-ADAPT_STEPS = 200                   # stage-2 alignment steps: a few minutes on a laptop CPU
+ADAPT_STEPS = 200                   # stage-2 alignment steps (see docs/plugin.md for CPU timings)
 TRANSLATOR_STEPS = 200              # stage-1 translator steps
 PREVIEW_EVERY = 50
 
@@ -89,6 +94,34 @@ def require_sequence(sequence: str | None, layer_name: str) -> str:
     return sequence
 
 
+def sequence_warnings(bundle: Bundle, sequence: str) -> list[str]:
+    """bigl's sequence-mismatch warning (naming the fix, "Adapt to this modality") as texts, or []."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SequenceMismatchWarning)
+        check_sequence(bundle, sequence)
+    return [str(w.message) for w in caught]
+
+
+def file_key(path: str) -> tuple[str, float | None]:
+    """Identifies a model file's current content well enough to reuse a loaded bundle."""
+    try:
+        return path, os.stat(path).st_mtime
+    except OSError:
+        return path, None
+
+
+def dialog_save_path(chosen: str) -> tuple[Path, bool]:
+    """(path, overwrite) for a name from a save dialog, which has already confirmed replacing *that* name.
+
+    A name without ``.safetensors`` gets the suffix, and then nothing was
+    confirmed for the new name, so it must not replace an existing file.
+    """
+    path = Path(chosen)
+    if path.suffix == ".safetensors":
+        return path, True
+    return path.with_name(path.name + ".safetensors"), False
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 
@@ -99,7 +132,8 @@ def device_note(choice: str, has_cuda: bool | None = None) -> str:
     if choice == "cuda" and not has_cuda:
         return "⚠ No CUDA GPU found: choose auto or cpu."
     if choice == "cpu" or not has_cuda:
-        return "Runs on the CPU: segmenting takes seconds, adapting minutes."
+        return ("Runs on the CPU: segmenting takes seconds; adapting takes minutes to tens of minutes "
+                "(fewer steps: faster).")
     return "Runs on the GPU."
 
 
@@ -173,7 +207,30 @@ def describe_error(exc: BaseException, action: str) -> str:
     return f"{action} failed: {type(exc).__name__}: {exc}"
 
 
-# ----------------------------------------------------------------------------- adaptation data
+def point_voxel(points: Any, index: int, image: Any, shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """The image voxel (z, y, x) under point ``index`` of a points layer, or None outside the volume."""
+    world = points.data_to_world(points.data[index])
+    zyx = tuple(int(round(float(v))) for v in image.world_to_data(world))
+    return zyx if all(0 <= v < n for v, n in zip(zyx, shape)) else None  # type: ignore[return-value]
+
+
+class QueryView:
+    """The attention layer's data in query mode: the summary, with the queried slice replaced by the query map."""
+
+    def __init__(self, summary: np.ndarray) -> None:
+        self.summary = summary
+        self.data = summary.copy()
+        self._z: int | None = None
+
+    def show(self, z: int, row: np.ndarray) -> np.ndarray:
+        if self._z is not None:
+            self.data[self._z] = self.summary[self._z]
+        self.data[z] = row
+        self._z = z
+        return self.data
+
+
+# ----------------------------------------------------------------------------- adaptation
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "napari-bigl"
@@ -200,6 +257,43 @@ def ensure_source_dataset(path: Path) -> Path:
 
         write_dataset(path, n_cases=6, seed=0, preset="small")
     return path
+
+
+def source_sequence(bundle: Bundle, target: str) -> str:
+    """The labelled sequence to adapt from; a BiglError when the model already handles ``target``."""
+    if target in bundle.sequences:
+        raise BiglError(f"the model already works on {target} (it was trained or adapted on "
+                        f"{', '.join(bundle.sequences)}); adapt when the image is another sequence")
+    return bundle.source_sequence or bundle.sequences[0]
+
+
+@dataclass
+class Adapted:
+    bundle: Bundle                    # the adapted model (in memory)
+    seconds: float
+    segmentation: Segmentation        # of the target image, with the adapted model
+    translated: np.ndarray | None     # x_t→s of the target image, when the bundle has G_t→s
+
+
+def adapt_to_image(bundle: Bundle, source_dir: Path, volume: Volume, target: str, config: AdaptConfig, *,
+                   device: str, progress: ProgressFn, cancel: CancelFn,
+                   preview: Callable[[int, np.ndarray], None], preview_every: int) -> Adapted:
+    """The widget's "Adapt to this modality": adapt to the open image, then segment and translate it.
+
+    ``preview(step, labels)`` gets the image's labels under the model snapshot
+    of that step (segmented here, in the worker thread). The labelled source
+    cases are the ``source_dir`` folder (generated once if it is the cache default).
+    """
+    def on_snapshot(step: int, snapshot: Bundle) -> None:
+        preview(step, segment_volume(snapshot, volume, device=device, with_attention=False, cancel=cancel).labels)
+
+    result = adapt(bundle, ensure_source_dataset(source_dir), source_sequence(bundle, target), [volume], target,
+                   config, device=device, progress=progress, cancel=cancel, preview=on_snapshot,
+                   preview_every=preview_every)
+    seg = segment_volume(result.bundle, volume, device=device, progress=progress, cancel=cancel)
+    translated = (translate_volume(result.bundle, volume, device=device, progress=progress, cancel=cancel)
+                  if result.bundle.translator_t2s is not None else None)
+    return Adapted(result.bundle, result.seconds, seg, translated)
 
 
 # ----------------------------------------------------------------------------- threading helpers

@@ -57,9 +57,9 @@ METHODS = ("bigl", "adaptseg", "translate", "cycada", "source-only")
 class TranslatorTrainConfig:
     """Stage 1: the bidirectional translator (trained first, then frozen)."""
 
-    steps: int = 400
+    steps: int = 1000
     batch_size: int = 2
-    lr: float = 2e-4
+    lr: float = 5e-4
     lambda_cyc: float = 10.0
     lambda_id: float = 0.5        # small: T1 and T2 invert contrasts, a strong identity term fights that
     paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs
@@ -73,7 +73,7 @@ class AdaptConfig:
     """Stage 2 and beyond. Paper defaults where the paper gives them (Eq. 10, Sec. 4.1)."""
 
     method: str = "bigl"
-    steps: int = 400
+    steps: int = 300
     batch_size: int = 6           # per stream; BiGL runs 4 streams per step
     lr: float = 5e-4              # Φ starts from the source model, so a fine-tuning rate (paper: 5e-3 from scratch)
     lr_power: float = 0.75        # polynomial decay (paper)
@@ -387,8 +387,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     src_cases = list_cases(source_data) if not isinstance(source_data, list) else source_data
     src = load_prepared(src_cases, source_sequence, labels=True)
     tgt = _prepare_target(target, target_sequence)
-    patch = source.patch_size or patch_size_for(src + tgt, seg.stride)
-    patch = patch_size_for(src + tgt, seg.stride) if cfg.method != "source-only" else patch
+    patch = patch_size_for(src + tgt, seg.stride)
     provenance = {"command": "adapt", "method": cfg.method, "source_bundle": str(source.path) if source.path else None,
                   "source_sequence": source_sequence, "target_sequence": target_sequence,
                   "source_cases": [c.case_id for c in src_cases], "target_cases": [v.name for v in tgt],

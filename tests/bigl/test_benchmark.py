@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from bigl.adapt import AdaptConfig, TranslatorTrainConfig
-from bigl.benchmark import ROWS, results_markdown, run_benchmark, split_dataset
+from bigl.benchmark import ENSEMBLE_SUFFIX, ROWS, results_markdown, run_benchmark, split_dataset
 from bigl.errors import BiglError
 from bigl.io import list_cases
 from bigl.models.segmenter import SegmenterConfig
@@ -43,8 +43,8 @@ def test_tiny_benchmark_end_to_end(tmp_path):
                                                         translator=TranslatorConfig(width=8, n_res_blocks=1)))
     res = run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=("source-only", "translate", "bigl",
                         "target-only"), train_config=tcfg, adapt_config=acfg, device="cpu")
-    assert [r["row"] for r in res["runs"]] == [ROWS[k][0] for k in ("source-only", "translate", "bigl",
-                                                                     "target-only")]
+    names = [ROWS[k][0] for k in ("source-only", "translate", "bigl", "target-only")]
+    assert [r["row"] for r in res["runs"]] == names[:3] + [names[2] + ENSEMBLE_SUFFIX, names[3]]
     md = (tmp_path / "out" / "results.md").read_text()
     assert "Share of the source-only → target-only gap" in md and "Unsupervised checkpoint selection" in md
     assert (tmp_path / "out" / "figure.png").stat().st_size > 1000

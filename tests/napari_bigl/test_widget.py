@@ -55,11 +55,7 @@ def widget(viewer, tiny_bundle_path):
 
 
 def wait_idle(qtbot, w, timeout=60_000):
-    try:
-        qtbot.waitUntil(lambda: not w.is_busy() and not w._workers, timeout=timeout)
-    except Exception:
-        print("DEBUG", w._job, w._workers, w.progress_bar.format())
-        raise
+    qtbot.waitUntil(lambda: not w.is_busy() and not w._workers, timeout=timeout)
 
 
 def open_case(viewer, w, folder: Path, sequence: str = "t1"):
@@ -193,6 +189,9 @@ def test_attention_query_follows_the_point(viewer, widget, qtbot, write_case, ti
     widget.query_check.setChecked(False)                 # off: the summary is back, the points layer gone
     np.testing.assert_array_equal(att.data, summary)
     assert ctl.QUERY_LAYER not in viewer.layers
+    widget.query_check.setChecked(True)                  # deleting the points layer also ends query mode
+    viewer.layers.remove(ctl.QUERY_LAYER)
+    assert not widget.query_check.isChecked()
 
 
 def test_only_the_newest_query_is_computed():
@@ -203,6 +202,15 @@ def test_only_the_newest_query_is_computed():
     b = q.done()
     assert b.zyx == (0, 3, 3) and q.is_latest(b)         # (0, 2, 2) was never run
     assert q.done() is None and q.submit((1, 1, 1)) is not None
+
+
+def test_query_view_restores_the_previous_slice():
+    summary = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    view = ctl.QueryView(summary)
+    view.show(0, np.full((3, 4), -1.0))
+    shown = view.show(1, np.full((3, 4), -2.0))
+    np.testing.assert_array_equal(shown[0], summary[0])
+    assert (shown[1] == -2).all() and summary.min() == 0      # the summary itself is never written
 
 
 # --------------------------------------------------------------------------- adapt
@@ -299,6 +307,10 @@ def test_user_errors_become_notifications(viewer, widget, qtbot, tmp_path, notif
     assert "sequence" in last_error() and not widget.is_busy()
 
     widget.sequence_combo.setCurrentText("t1")
+    widget.adapt_button.click()                         # the t1 model has nothing to adapt to on a t1 image
+    wait_idle(qtbot, widget)
+    assert "already works on t1" in last_error()
+
     bad = tmp_path / "corrupt.safetensors"
     bad.write_bytes(b"\x00not a bundle" * 10)
     widget.model_edit.setText(str(bad))
@@ -338,6 +350,11 @@ def test_out_of_memory_is_a_notification_not_a_crash(viewer, widget, qtbot, monk
     errors = [m for s, m in notifications() if s == "error"]
     assert len(errors) == 1 and "out of memory" in errors[0] and "'cpu'" in errors[0]
     assert widget.segment_button.isEnabled() and not widget.is_busy()
+
+
+def test_save_dialog_names():
+    assert ctl.dialog_save_path("/x/m.safetensors") == (Path("/x/m.safetensors"), True)   # the dialog confirmed
+    assert ctl.dialog_save_path("/x/m") == (Path("/x/m.safetensors"), False)   # a name the dialog never saw
 
 
 def test_progress_text():
