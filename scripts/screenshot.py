@@ -77,6 +77,7 @@ def main() -> None:
     t1.contrast_limits = (t1.contrast_limits[0], 2.0 * t1.contrast_limits[1])
 
     viewer.scene.camera.orientation2d = ("up", "right")      # axis 1 runs posterior -> anterior: anterior up
+    viewer.dims.axis_labels = ("z", "y", "x")                # bigl.io's axis order (axial slices along z)
     viewer.reset_view()
     for _ in range(20):
         app.processEvents()

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from bigl.io import SEQUENCES
-from bigl.phantom import make_case, write_dataset
+from bigl.phantom import case_seed, make_case, write_dataset
 
 from napari_bigl import _sample_data
 
@@ -36,7 +36,7 @@ def test_sample_generated_when_no_bundled_case(make_napari_viewer, tmp_path: Pat
     viewer = make_napari_viewer()
     layers = viewer.open_sample(PLUGIN, KEY)
     _check_case_layers(layers, "Phantom_seed0")
-    truth = make_case(0, "small")
+    truth = make_case(case_seed(0, 0), "small")
     np.testing.assert_array_equal(layers[-1].data, truth.seg)
     np.testing.assert_array_equal(layers[0].data, truth.images["t1"])
     np.testing.assert_allclose(layers[0].scale, truth.spacing)
