@@ -15,13 +15,13 @@ from pathlib import Path
 
 from bigl.errors import BiglError
 from bigl.io import SEQUENCES, list_cases, volume_from_array
+from bigl.phantom import SAMPLE_DIR
 
 from napari_bigl._layers import LayerDataTuple, image_layer_data, labels_layer_data
 from napari_bigl._reader import case_layers
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 GENERATED_ID = "Phantom_seed0"
 
 

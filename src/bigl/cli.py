@@ -47,13 +47,9 @@ class TextProgress:
               end=end, file=sys.stderr, flush=True)
 
 
-def _sample_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "sample_data"
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from bigl.models.segmenter import SegmenterConfig
-    from bigl.train import TrainConfig, train
+    from bigl.train import train
 
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       val_every=args.val_every, segmenter=SegmenterConfig(attention=not args.no_attention))
@@ -138,8 +134,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bigl.demo import run_demo
+    from bigl.phantom import SAMPLE_DIR
 
-    print(run_demo(args.data or _sample_dir(), device=args.device))
+    print(run_demo(args.data or SAMPLE_DIR, device=args.device))
     return 0
 
 

@@ -77,6 +77,10 @@ _PRESETS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
 _FIELD_HALF_BOX = (100.0, 140.0, 140.0)
 
 
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "sample_data"
+"""The repository's bundled sample cases, made by ``write_dataset(SAMPLE_DIR, 6, seed=0)`` (source checkout only)."""
+
+
 @dataclass
 class PhantomConfig:
     """Grid and appearance parameters of a phantom case.
