@@ -39,12 +39,13 @@ from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
 from bigl.io import SEQUENCES, Case, Volume, list_cases, load_images
 from bigl.losses import adversarial_loss, lsgan_loss, output_consistency, segmentation_loss
-from bigl.metrics import dice
+from bigl.metrics import REGIONS, dice, region_mask
 from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionDiscriminator,
                                         FeatureDiscriminator, PatchDiscriminator, PatchDiscriminatorConfig)
-from bigl.models.segmenter import DualAttentionUNet
+from bigl.models.segmenter import DualAttentionUNet, SegmenterOutput
 from bigl.models.translator import Generator, TranslatorConfig
-from bigl.preprocess import PreparedVolume, SliceSampler, patch_size_for, prepare
+from bigl.preprocess import (PreparedVolume, SliceSampler, classes_to_labels, crop_or_pad_2d, patch_size_for,
+                             prepare)
 from bigl.progress import CancelFn, ProgressFn, Reporter
 from bigl.train import load_prepared, poly_lr, sample_batch, seed_everything
 
@@ -62,6 +63,7 @@ class TranslatorTrainConfig:
     lr: float = 5e-4
     lambda_cyc: float = 10.0
     lambda_id: float = 0.5        # small: T1 and T2 invert contrasts, a strong identity term fights that
+    source_tumour_fraction: float = 0.0   # share of source slices drawn from tumour slices (target: uniform)
     paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs
     lambda_paired: float = 10.0
     translator: TranslatorConfig = field(default_factory=lambda: TranslatorConfig(width=16, n_res_blocks=3))
@@ -161,7 +163,7 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
     opt_d = torch.optim.Adam(list(d_t.parameters()) + list(d_s.parameters()), lr=cfg.lr, betas=(0.5, 0.999))
     # Same slice distribution in both domains: a tumour-rich source against plain target slices would
     # teach the translator to erase tumours to fool D_t.
-    samp_s, samp_t = SliceSampler(src, 0.0), SliceSampler(tgt, 0.0)
+    samp_s, samp_t = SliceSampler(src, cfg.source_tumour_fraction), SliceSampler(tgt, 0.0)
     report = Reporter("translator", cfg.steps, progress, cancel)
     for step in range(1, cfg.steps + 1):
         if cfg.paired:
@@ -200,8 +202,6 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
 
 def _paired_batch(src, tgt, sampler, patch, batch_size, rng):
     """Same subject, same slice, both sequences (paired mode only: source and target lists are the same cases)."""
-    from bigl.preprocess import crop_or_pad_2d
-
     if len(src) != len(tgt):
         raise BiglError("paired translator training needs the same cases in source and target data, in the same order")
     xs, xt = [], []
@@ -305,8 +305,6 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
 def _split(out, i: int, sizes: list[int]):
     a = sum(sizes[:i])
     b = a + sizes[i]
-    from bigl.models.segmenter import SegmenterOutput
-
     pick = (lambda t: t[a:b] if t is not None else None)  # noqa: E731
     return SegmenterOutput(out.logits[a:b], out.feature[a:b], pick(out.position_attention),
                            pick(out.channel_attention))
@@ -327,9 +325,6 @@ def selection_score(seg: DualAttentionUNet, g_t2s: Generator | None, vols: list[
     Without a translator (AdaptSegNet, source-only) the score is the negative mean
     prediction entropy inside the brain instead.
     """
-    from bigl.preprocess import classes_to_labels
-    from bigl.metrics import REGIONS, region_mask
-
     scores = []
     for v in vols:
         if g_t2s is None:

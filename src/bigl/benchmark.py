@@ -22,11 +22,13 @@ import numpy as np
 import torch
 
 from bigl.adapt import AdaptConfig, adapt
-from bigl.checkpoint import Bundle, save_bundle
+from bigl.checkpoint import Bundle, load_bundle, save_bundle
 from bigl.errors import BiglError
 from bigl.evaluate import REGION_ORDER, evaluate_dataset
+from bigl.infer import segment_volume
 from bigl.io import Case, list_cases, load_images, load_labels
 from bigl.progress import ProgressFn
+from bigl.render import label_overlay, save_png, tile
 from bigl.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -196,10 +198,6 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 def make_figure(case: Case, sequence: str, seed_dir: Path, results: dict[str, Any], path: Path, device) -> Path:
     """One test case's target slice with the ground truth and each method's prediction, side by side."""
-    from bigl.checkpoint import load_bundle
-    from bigl.infer import segment_volume
-    from bigl.render import label_overlay, save_png, tile
-
     image = load_images(case, [sequence])[sequence]
     ref = load_labels(case).data
     k = int(np.argmax((ref > 0).sum(axis=(1, 2))))
