@@ -63,7 +63,7 @@ class TranslatorTrainConfig:
     lr: float = 5e-4
     lambda_cyc: float = 10.0
     lambda_id: float = 0.5        # small: T1 and T2 invert contrasts, a strong identity term fights that
-    source_tumour_fraction: float = 0.5   # source slices drawn from tumour slices (target: uniform), see docs
+    source_tumour_fraction: float = 0.0   # >0: source slices drawn from tumour slices (target: uniform), see docs
     paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs
     lambda_paired: float = 10.0
     translator: TranslatorConfig = field(default_factory=lambda: TranslatorConfig(width=16, n_res_blocks=3))
@@ -161,9 +161,8 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
     d_t, d_s = PatchDiscriminator(cfg.discriminator).to(device), PatchDiscriminator(cfg.discriminator).to(device)
     opt_g = torch.optim.Adam(list(g_s2t.parameters()) + list(g_t2s.parameters()), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(list(d_t.parameters()) + list(d_s.parameters()), lr=cfg.lr, betas=(0.5, 0.999))
-    # Tumour-rich source slices make D_s see many real (source-looking) tumours, so fake source images
-    # that keep the target's tumour contrast are caught; with uniform sampling on both sides the GAN
-    # left tumour contrast untranslated within a CPU budget (docs/results.md).
+    # Uniform brain slices on both sides by default; tumour-rich source slices (source_tumour_fraction)
+    # show D_s more real tumours but made no measured difference (docs/results.md).
     samp_s, samp_t = SliceSampler(src, cfg.source_tumour_fraction), SliceSampler(tgt, 0.0)
     report = Reporter("translator", cfg.steps, progress, cancel)
     for step in range(1, cfg.steps + 1):
