@@ -50,7 +50,7 @@ def _worker(mode: str, model_path: str | None, device: str, repeats: int) -> dic
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         if mode == "optimized":
-            seg = segment_volume(bundle, image, device=dev)
+            segment_volume(bundle, image, device=dev)
             n_slices = int((image != 0).any(axis=(1, 2)).sum())
         else:   # naive: every slice, full size padded to the stride, batch 1, attention too
             vol = prepare(image)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bigl.adapt import AdaptConfig, adapt
 from bigl.checkpoint import Bundle, load_bundle, save_bundle

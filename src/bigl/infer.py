@@ -121,7 +121,8 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     probs = np.zeros((K,) + vol.image.shape, dtype=np.float32)
     probs[0] = 1.0
     attention = np.zeros(vol.image.shape, dtype=np.float32)
-    win = _Window.for_mask(vol.mask, model.stride)
+    # the window must suit both networks when a translator runs first
+    win = _Window.for_mask(vol.mask, max(model.stride, translator.stride if translator is not None else 1))
     with_attention = with_attention and model.config.attention
     report = Reporter("segment", len(win.z), progress, cancel)
     for start in range(0, len(win.z), batch_size):

@@ -128,6 +128,8 @@ def test_pseudo_labels_ignore_disagreement(tiny_bundle_path, split):
     vols = load_prepared(split[1], "t2", labels=False)
 
     class Flip(torch.nn.Module):   # a "translator" that makes Φ(x_t→s) disagree everywhere in the brain
+        stride = 1
+
         def forward(self, x, mask=None):
             return -x
 
