@@ -12,7 +12,8 @@ one). Its safetensors metadata carries ``format = "bigl-bundle"``,
 - ``inference``: ``direct`` (Φ(x)), ``translate`` (Φ(G_t→s(x))) or ``ensemble``
   (mean of both softmaxes) — how an adapted bundle segments its target sequence,
 - ``translator``: the translator config when the bundle carries the stage-1
-  generators of an adaptation (weights ``translator_t2s.*`` / ``translator_s2t.*``),
+  generators of an adaptation (weights ``translator_t2s.*`` / ``translator_s2t.*``);
+  ``translator_s2t``: G_s→t's own config when it differs (a label-conditioned G_s→t),
 - ``provenance``: how it was made (command, data, steps, seed, metrics, time),
 - ``library_version``.
 
@@ -74,6 +75,7 @@ class Bundle:
         from bigl.preprocess import NORMALIZATION
 
         translator = self.translator_t2s or self.translator_s2t
+        s2t = self.translator_s2t
         return {
             "segmenter": dataclasses.asdict(self.segmenter.config),
             "sequences": list(self.sequences),
@@ -83,6 +85,8 @@ class Bundle:
             "labels": {"class_to_label": list(LABEL_VALUES), "names": ["background", "NCR/NET", "ED", "ET"]},
             "patch_size": list(self.patch_size) if self.patch_size else None,
             "translator": dataclasses.asdict(translator.config) if translator is not None else None,
+            "translator_s2t": (dataclasses.asdict(s2t.config)
+                               if s2t is not None and s2t.config != translator.config else None),
             "provenance": self.provenance,
             "library_version": __version__,
         }
@@ -171,9 +175,12 @@ def load_bundle(path: str | os.PathLike | None = None, *, device: str | torch.de
         translators = {}
         if doc.get("translator"):
             tcfg = TranslatorConfig.from_dict(doc["translator"])
+            configs = {"translator_t2s": tcfg,
+                       "translator_s2t": TranslatorConfig.from_dict(doc["translator_s2t"])
+                       if doc.get("translator_s2t") else tcfg}
             for name in ("translator_t2s", "translator_s2t"):
                 if any(k.startswith(name + ".") for k in tensors):
-                    translators[name] = Generator(tcfg)
+                    translators[name] = Generator(configs[name])
                     _load_part(translators[name], tensors, name)
     except BiglError as exc:
         raise BiglError(f"{path}: {exc}") from exc

@@ -121,6 +121,38 @@ def test_target_labels_are_never_opened(tiny_bundle_path, tiny_dataset):
     assert not target_segs & set(opened)
 
 
+def test_translator_training_moves_both_generators_and_conditions_g_s2t(tiny_bundle_path, split):
+    from dataclasses import replace
+
+    from bigl.adapt import train_translator
+    from bigl.models.translator import Generator
+    from bigl.preprocess import patch_size_for
+    from bigl.train import load_prepared
+
+    seg = load_bundle(tiny_bundle_path).segmenter
+    seg_before = {k: v.clone() for k, v in seg.state_dict().items()}
+    src, tgt = load_prepared(split[0], "t1", labels=True), load_prepared(split[1], "t2", labels=False)
+    patch = patch_size_for(src + tgt, seg.stride)
+    cfg = replace(TINY_TRANSLATOR, steps=3)
+    torch.manual_seed(0)
+    init_s2t = Generator(replace(cfg.translator, cond_channels=3)).state_dict()
+    init_t2s = Generator(cfg.translator).state_dict()
+    torch.manual_seed(0)
+    g_s2t, g_t2s = train_translator(src, tgt, patch, cfg, np.random.default_rng(0), torch.device("cpu"),
+                                    segmenter=seg)
+    assert g_s2t.config.cond_channels == 3 and g_t2s.config.cond_channels == 0   # only G_s→t reads labels
+    for g, init in ((g_s2t, init_s2t), (g_t2s, init_t2s)):
+        assert not g.training and not any(p.requires_grad for p in g.parameters())   # frozen for stage 2
+        assert any(not torch.equal(init[k], v) for k, v in g.state_dict().items()), "a generator did not move"
+    # the source segmenter used in the semantic cycle is not modified
+    assert all(torch.equal(seg_before[k], v) for k, v in seg.state_dict().items())
+    with pytest.raises(BiglError, match="source segmenter"):
+        train_translator(src, tgt, patch, cfg, np.random.default_rng(0), torch.device("cpu"))
+    unconditioned, _ = train_translator(src, tgt, patch, replace(cfg, steps=1, label_conditioned=False),
+                                        np.random.default_rng(0), torch.device("cpu"))
+    assert unconditioned.config.cond_channels == 0
+
+
 def test_pseudo_labels_ignore_disagreement(tiny_bundle_path, split):
     from bigl.train import load_prepared
 

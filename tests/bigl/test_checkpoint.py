@@ -35,11 +35,13 @@ def test_round_trip_same_outputs_and_document(tmp_path):
 
 def test_round_trip_with_translators(tmp_path):
     g = Generator(TranslatorConfig(width=8, n_res_blocks=1))
-    b = _bundle(translator_t2s=g, translator_s2t=Generator(TranslatorConfig(width=8, n_res_blocks=1)),
-                inference="ensemble", source_sequence="t1")
+    g_s2t = Generator(TranslatorConfig(width=8, n_res_blocks=1, cond_channels=3))  # label-conditioned G_s→t
+    b = _bundle(translator_t2s=g, translator_s2t=g_s2t, inference="ensemble", source_sequence="t1")
     loaded = load_bundle(save_bundle(b, tmp_path / "a.safetensors"))
-    x = torch.randn(1, 1, 32, 40)
+    x, cond = torch.randn(1, 1, 32, 40), torch.rand(1, 3, 32, 40)
     assert torch.equal(g.eval()(x), loaded.translator_t2s(x))
+    assert torch.equal(g_s2t.eval()(x, None, cond), loaded.translator_s2t(x, None, cond))
+    assert loaded.translator_s2t.config.cond_channels == 3 and loaded.translator_t2s.config.cond_channels == 0
     assert loaded.inference == "ensemble" and loaded.source_sequence == "t1"
 
 

@@ -204,6 +204,25 @@ def test_generator_shapes_mask_and_linear_output() -> None:
         gen(x, mask[:, :, :8])
 
 
+def test_label_conditioned_generator_reads_its_condition() -> None:
+    _seed()
+    gen = Generator(TranslatorConfig(width=4, n_res_blocks=1, cond_channels=3)).eval()
+    x = torch.randn(2, 1, 16, 20)
+    cond = torch.zeros(2, 3, 16, 20)
+    tumour = cond.clone()
+    tumour[:, 1, 4:10, 4:10] = 1.0  # an edema square
+    with torch.no_grad():
+        plain, painted = gen(x, None, cond), gen(x, None, tumour)
+    assert plain.shape == x.shape
+    assert not torch.allclose(plain, painted)          # the label map changes the rendering
+    with pytest.raises(ValueError, match="label-conditioned"):
+        gen(x)
+    with pytest.raises(ValueError, match="label-conditioned"):
+        gen(x, None, cond[:, :2])
+    with pytest.raises(ValueError, match="not label-conditioned"):
+        Generator(TranslatorConfig(width=4, n_res_blocks=1))(x, None, cond)
+
+
 def test_translator_config_round_trip() -> None:
     cfg = TranslatorConfig(width=8, n_down=3, norm="none")
     assert TranslatorConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg

@@ -1,9 +1,12 @@
 """Stage-1 image-to-image generators G_s→t and G_t→s (paper Sec. 3.2, Eq. 1).
 
-A small ResNet generator in the CycleGAN mould, sized for CPU: a 7x7 stem,
+A ResNet generator in the CycleGAN mould: a ``kernel`` x ``kernel`` stem,
 ``n_down`` stride-2 3x3 convs (channels doubling), ``n_res_blocks`` residual
-blocks at the lowest resolution, ``n_down`` upsampling steps and a 7x7 output
-conv. Two deliberate differences from CycleGAN:
+blocks at the lowest resolution, ``n_down`` upsampling steps and a
+``kernel`` x ``kernel`` output conv. The defaults here are CycleGAN's shape
+(7x7, two downsamplings); bigl's adaptation uses the *local* configuration
+``n_down=0, kernel=3, n_res_blocks=1`` (a 9-pixel receptive field), see
+:class:`bigl.adapt.TranslatorTrainConfig`. Two deliberate differences from CycleGAN:
 
 * The output is *linear* (no tanh): slices are z-scored inside the brain mask,
   not scaled to [-1, 1], and a synthetic x_s→t must live in the same
@@ -14,6 +17,12 @@ conv. Two deliberate differences from CycleGAN:
 
 ``forward(x, mask)`` multiplies the output by the brain mask so background
 stays background (0 after normalisation).
+
+``cond_channels > 0`` makes a *label-conditioned* generator: ``forward(x, mask,
+cond)`` also reads a (B, cond_channels, H, W) map of tumour-class
+probabilities, concatenated to the image at the input. bigl's G_s→t uses it
+with the source label map, so it renders the tumour in the target sequence's
+contrast instead of having to find it first (docs/adaptation.md, stage 1).
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from bigl.errors import BiglError
 from bigl.models.segmenter import _check_int, _check_norm, config_from_dict, norm_layer
 
 __all__ = ["Generator", "TranslatorConfig"]
@@ -37,9 +48,15 @@ class TranslatorConfig:
     n_res_blocks: int = 4
     n_down: int = 2  # H and W must be multiples of 2 ** n_down
     norm: str = "instance"  # "batch" | "instance" | "none"
+    cond_channels: int = 0  # extra input channels: tumour-class probabilities the output is conditioned on
+    kernel: int = 7         # stem and output conv size (odd); with n_down=0 a small kernel makes a *local* generator
 
     def __post_init__(self) -> None:
         _check_int(self, "channels", 1)
+        _check_int(self, "cond_channels", 0)
+        _check_int(self, "kernel", 1)
+        if self.kernel % 2 == 0:
+            raise BiglError(f"TranslatorConfig.kernel must be odd, got {self.kernel}")
         _check_int(self, "width", 1)
         _check_int(self, "n_res_blocks", 0)
         _check_int(self, "n_down", 0)
@@ -92,7 +109,7 @@ class Generator(nn.Module):
         self.stride: int = config.stride
         c, w, norm = config.channels, config.width, config.norm
 
-        layers: list[nn.Module] = _conv_norm_relu(c, w, 7, norm)
+        layers: list[nn.Module] = _conv_norm_relu(c + config.cond_channels, w, config.kernel, norm)
         ch = w
         for _ in range(config.n_down):
             layers += _conv_norm_relu(ch, 2 * ch, 3, norm, stride=2)
@@ -101,24 +118,33 @@ class Generator(nn.Module):
         for _ in range(config.n_down):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), *_conv_norm_relu(ch, ch // 2, 3, norm)]
             ch //= 2
-        layers.append(nn.Conv2d(ch, c, 7, padding=3, padding_mode="reflect"))
+        layers.append(nn.Conv2d(ch, c, config.kernel, padding=config.kernel // 2, padding_mode="reflect"))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         """``x`` (B, C, H, W), optional brain ``mask`` (B, 1, H, W) -> (B, C, H, W).
 
         With a mask the output is multiplied by it, so pixels outside the brain
-        are exactly 0 (the background value of normalised slices).
+        are exactly 0 (the background value of normalised slices). A
+        label-conditioned generator (``cond_channels > 0``) needs ``cond``
+        (B, cond_channels, H, W); an unconditioned one refuses it.
         """
         if x.ndim != 4 or x.shape[1] != self.config.channels:
             raise ValueError(f"expected a (B, {self.config.channels}, H, W) batch, got shape {tuple(x.shape)}")
+        k = self.config.cond_channels
+        if k and (cond is None or cond.shape != (x.shape[0], k, *x.shape[-2:])):
+            got = "none" if cond is None else tuple(cond.shape)
+            raise ValueError(f"this generator is label-conditioned: expected cond of shape "
+                             f"{(x.shape[0], k, *x.shape[-2:])}, got {got}")
+        if not k and cond is not None:
+            raise ValueError("this generator is not label-conditioned (cond_channels=0) but got a cond map")
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(
                 f"slice size {h}x{w} is not a multiple of the generator stride {self.stride}; "
                 f"pad with bigl.models.segmenter.pad_to_stride(x, {self.stride}) and crop the output with crop()"
             )
-        out = self.net(x)  # (B, C, H, W)
+        out = self.net(torch.cat([x, cond.to(x.dtype)], 1) if k else x)  # (B, C, H, W)
         if mask is not None:
             if mask.ndim != 4 or mask.shape[0] != x.shape[0] or mask.shape[1] != 1 or mask.shape[-2:] != x.shape[-2:]:
                 raise ValueError(
