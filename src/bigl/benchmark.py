@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "source-only": ("Source only", "source-only", {}),
     "adaptseg": ("AdaptSegNet", "adaptseg", {}),
-    "translate": ("Translate only (CycleGAN)", "translate", {}),
+    "translate": ("Translate only", "translate", {}),
     "cycada": ("CyCADA-style", "cycada", {}),
     "bigl-out": ("BiGL: output", "bigl", {"use_feature": False, "use_attention": False}),
     "bigl-out-feat": ("BiGL: output + feature", "bigl", {"use_attention": False}),

@@ -55,12 +55,14 @@ def generalized_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-5) -> 
     the rarest class that is. The loss stays finite with finite gradients.
 
     Sums run over the batch as a whole ("batch Dice"): a slice without tumour
-    then has no undefined per-slice tumour term.
+    then has no undefined per-slice tumour term. Pixels whose target is negative
+    (self-training's "no pseudo-label", -1) are left out of every sum.
     """
     _check_seg(logits, target)
     k = logits.shape[1]
-    probs = torch.softmax(logits.float(), dim=1)  # (B, K, H, W)
-    onehot = F.one_hot(target.long(), k).permute(0, 3, 1, 2).to(probs.dtype)  # (B, K, H, W)
+    valid = (target >= 0).unsqueeze(1)  # (B, 1, H, W)
+    probs = torch.softmax(logits.float(), dim=1) * valid  # (B, K, H, W)
+    onehot = F.one_hot(target.long().clamp_min(0), k).permute(0, 3, 1, 2).to(probs.dtype) * valid  # (B, K, H, W)
     dims = (0, 2, 3)
     num = onehot.sum(dims)  # (K,)
     intersection = (probs * onehot).sum(dims)  # (K,)
@@ -76,10 +78,14 @@ def generalized_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-5) -> 
 def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     """L_seg of paper Eq. 4: pixel-mean cross-entropy + :func:`generalized_dice_loss`.
 
-    Applied to Φ(x_s) and to Φ(x_s→t), both against the source label y_s.
+    Applied to Φ(x_s) and to Φ(x_s→t), both against the source label y_s, and
+    in self-training to target pseudo-labels, where -1 marks pixels without one
+    (ignored by both terms; a batch with none at all gives 0).
     """
     _check_seg(logits, target)
-    return F.cross_entropy(logits.float(), target.long()) + generalized_dice_loss(logits, target)
+    if not (target >= 0).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target.long(), ignore_index=-1) + generalized_dice_loss(logits, target)
 
 
 def output_consistency(logits_a: Tensor, logits_b: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -71,6 +71,20 @@ def test_gdl_absent_class_finite_and_penalised() -> None:
     assert generalized_dice_loss(bad, target) > generalized_dice_loss(good, target) + 0.01
 
 
+def test_seg_loss_ignores_unlabelled_pixels() -> None:
+    """Self-training's -1 pixels count in neither term: the loss equals the loss on the labelled pixels alone."""
+    logits, target = _tiny_case()            # 1 x 2 x 2 x 2, the hand-checked case above
+    wide = torch.cat([logits, torch.randn(1, 2, 2, 3) * 5], dim=3)          # 3 more columns of anything
+    wide_target = torch.cat([target, torch.full((1, 2, 3), -1, dtype=torch.long)], dim=2)
+    assert segmentation_loss(wide, wide_target).item() == pytest.approx(segmentation_loss(logits, target).item(),
+                                                                        abs=1e-5)
+    none = torch.full_like(target, -1)
+    x = logits.clone().requires_grad_(True)
+    loss = segmentation_loss(x, none)
+    loss.backward()
+    assert loss.item() == 0.0 and (x.grad == 0).all()
+
+
 def test_seg_loss_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError):
         segmentation_loss(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
