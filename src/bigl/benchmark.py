@@ -196,6 +196,39 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_results(paths: list[str | Path]) -> dict[str, Any]:
+    """Combine ``results.json`` files of one comparison run in parts (e.g. seeds on different machines).
+
+    They must share data, source and target; a (method, seed) pair may appear
+    only once. The merged dict feeds :func:`results_markdown`, which then
+    averages each row over all seeds it has.
+    """
+    if not paths:
+        raise BiglError("give at least one results.json to merge")
+    merged: dict[str, Any] | None = None
+    seen: set[tuple[str, int]] = set()
+    for path in map(Path, paths):
+        try:
+            part = json.loads(path.read_text())
+            key = (part["data"], part["source"], part["target"])
+            runs = part["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BiglError(f"{path}: not a results.json written by `bigl benchmark` ({exc})") from exc
+        if merged is None:
+            merged = {"data": key[0], "source": key[1], "target": key[2], "seeds": [], "runs": [], "parts": []}
+        elif key != (merged["data"], merged["source"], merged["target"]):
+            raise BiglError(f"{path}: results of {key[1]} → {key[2]} on {key[0]} cannot be merged with "
+                            f"{merged['source']} → {merged['target']} on {merged['data']}")
+        for run in runs:
+            if (run["row"], run["seed"]) in seen:
+                raise BiglError(f"{path}: {run['row']!r} seed {run['seed']} appears in more than one file")
+            seen.add((run["row"], run["seed"]))
+        merged["runs"] += runs
+        merged["seeds"] = sorted(set(merged["seeds"]) | set(part.get("seeds", [])))
+        merged["parts"].append(str(path))
+    return merged
+
+
 def make_figure(case: Case, sequence: str, seed_dir: Path, results: dict[str, Any], path: Path, device) -> Path:
     """One test case's target slice with the ground truth and each method's prediction, side by side."""
     image = load_images(case, [sequence])[sequence]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -132,6 +133,22 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge_results(args: argparse.Namespace) -> int:
+    from bigl.benchmark import merge_results, results_markdown
+
+    out = Path(args.out)
+    targets = [out / "results.json", out / "results.md"]
+    if any(t.exists() for t in targets) and not args.overwrite:
+        raise BiglError(f"{out} already holds results.json/results.md; pass --overwrite or choose another --out")
+    merged = merge_results(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    targets[0].write_text(json.dumps(merged, indent=2))
+    targets[1].write_text(results_markdown(merged))
+    print(targets[1].read_text())
+    print(f"merged {len(args.results)} result files (seeds {', '.join(map(str, merged['seeds']))}); wrote {out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bigl.demo import run_demo
     from bigl.phantom import SAMPLE_DIR
@@ -210,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=None, help="supervised steps for source/target-only models")
     _common(p, overwrite=False)
     p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("merge-results", help="combine benchmark results.json files (e.g. seeds run apart) "
+                                              "into one table")
+    p.add_argument("results", nargs="+", help="results.json files written by `bigl benchmark`")
+    p.add_argument("--out", required=True, help="folder for the merged results.json and results.md")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing merged results.json/results.md")
+    p.set_defaults(func=_cmd_merge_results)
 
     p = sub.add_parser("demo", help="segment the bundled sample cases with the demo model and print metrics")
     p.add_argument("--data", default=None, help="dataset folder (default: the repository's sample_data/)")

@@ -51,3 +51,31 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     bigl_run = next(r for r in res["runs"] if r["row"] == ROWS["bigl"][0])
     assert {s["step"] for s in bigl_run["snapshots"]} == {1, 2}
     assert 0 <= np.mean([c["WT"]["dice"] for c in bigl_run["per_case"]]) <= 1
+
+
+def test_merge_results_averages_seeds_run_apart(tmp_path):
+    import json
+
+    from bigl.cli import main
+
+    def part(seed, dice, target="t2"):
+        runs = [{"row": ROWS[k][0], "seed": seed, "seconds": 1.0, "summary": _summary(d)}
+                for k, d in (("source-only", 0.1), ("bigl", dice), ("target-only", 0.8))]
+        path = tmp_path / f"p{seed}{target}" / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"data": "d", "source": "t1", "target": target, "seeds": [seed], "runs": runs}))
+        return str(path)
+
+    a, b = part(0, 0.6), part(1, 0.8)
+    assert main(["merge-results", a, b, "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 6
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "| BiGL: output + feature + attention | 70.00 ± 10.00 | " in md and "| 2 |" in md   # mean of 60 and 80
+    # nothing is overwritten silently; mismatched or duplicate parts are refused with the file named
+    assert main(["merge-results", a, "--out", str(tmp_path / "m")]) == 2
+    assert main(["merge-results", a, part(2, 0.5, target="flair"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["merge-results", a, a, "--out", str(tmp_path / "y")]) == 2
+    (tmp_path / "bad.json").write_text("{")
+    assert main(["merge-results", str(tmp_path / "bad.json"), "--out", str(tmp_path / "z")]) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
