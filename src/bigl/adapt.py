@@ -297,7 +297,7 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
                    g_s2t: Generator | None, g_t2s: Generator | None, cfg: AdaptConfig, ramp: float,
                    pseudo: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
     """One alternating update (Φ, then the discriminators) for ``cfg.method``; returns the loss terms."""
-    ms, mt = _masks(xs), _masks(xt)
+    mt = _masks(xt)
     streams = {"s": xs}
     with torch.no_grad():
         if cfg.method in ("bigl", "cycada"):
