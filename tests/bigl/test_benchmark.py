@@ -79,3 +79,25 @@ def test_merge_results_averages_seeds_run_apart(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     assert main(["merge-results", str(tmp_path / "bad.json"), "--out", str(tmp_path / "z")]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_adapt_variants_script_reports_every_inference_mode(tmp_path, tiny_bundle_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_dataset(tmp_path / "data", n_cases=6, seed=2, preset="tiny")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "adapt_variants.py"
+    out = subprocess.run([sys.executable, str(script), "--model", str(tiny_bundle_path), "--data",
+                          str(tmp_path / "data"), "--source", "t1", "--target", "t2", "--methods", "translate",
+                          "bigl", "--device", "cpu", "--translator", '{"steps": 1, "batch_size": 1}',
+                          "--generator", '{"width": 4, "n_down": 0, "n_res_blocks": 1, "kernel": 3}',
+                          "--adapt", '{"steps": 1, "batch_size": 1, "selection_volumes": 1}'],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["method"], r["inference"]) for r in rows] == [("translate", m) for m in ("direct", "translate",
+                                                             "ensemble")] + [("bigl", m) for m in
+                                                                             ("direct", "translate", "ensemble")]
+    assert all(0 <= r["dice"]["average"] <= 100 for r in rows)
