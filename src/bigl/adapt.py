@@ -62,7 +62,7 @@ class TranslatorTrainConfig:
     batch_size: int = 4
     lr: float = 5e-4
     lambda_cyc: float = 10.0
-    lambda_id: float = 0.5        # small: T1 and T2 invert contrasts, a strong identity term fights that
+    lambda_id: float = 0.0        # off: T1 and T2 invert contrasts, and with it the generators collapsed to identity
     source_tumour_fraction: float = 0.0   # >0: source slices drawn from tumour slices (target: uniform), see docs
     label_conditioned: bool = True  # G_s→t also reads the source label map (target cycle: Φ_0's softmax of x_t→s)
     paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs
