@@ -101,7 +101,10 @@ class AdaptConfig:
     self_train_rounds: int = 2
     self_train_steps: int = 150
     pseudo_threshold: float = 0.9
-    inference: str = "direct"     # "direct": Φ(x_t); "translate": Φ(G_t→s(x_t)); "ensemble": mean of both
+    # How the adapted bundle segments: "direct" Φ(x_t) (the paper's protocol), "translate" Φ(G_t→s(x_t)),
+    # "ensemble" the mean of both softmaxes — better than direct in every measurement (docs/results.md).
+    # Methods without a translator always segment directly.
+    inference: str = "ensemble"
     seed: int = 0
     translator: TranslatorTrainConfig = field(default_factory=TranslatorTrainConfig)
 
@@ -442,7 +445,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
         g_s2t, g_t2s = train_translator(src, tgt, patch, cfg.translator, rng, dev, progress, cancel,
                                         segmenter=seg)
     sel_vols = tgt[:cfg.selection_volumes]
-    inference = "translate" if cfg.method == "translate" else cfg.inference
+    inference = "translate" if cfg.method == "translate" else cfg.inference if g_t2s is not None else "direct"
     if cfg.method == "translate":
         bundle = Bundle(segmenter=seg.eval(), patch_size=patch, provenance=provenance, translator_t2s=g_t2s,
                         translator_s2t=g_s2t, inference=inference, **base)

@@ -108,7 +108,10 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
                 extra = {"chosen_step": res.chosen_step,
                          "snapshots": _score_snapshots(bundle, res.snapshots, splits.test, target_seq, device)}
             seconds = time.perf_counter() - t0
-            result = evaluate_dataset(bundle, splits.test, target_seq, device=device)
+            # the paper's protocol: every method segments x_t directly, translate-only segments G_t→s(x_t)
+            protocol = copy.copy(bundle)
+            protocol.inference = "translate" if method == "translate" else "direct"
+            result = evaluate_dataset(protocol, splits.test, target_seq, device=device)
             results["runs"].append({"row": row, "seed": seed, "seconds": round(seconds, 1),
                                     "summary": result["summary"], "per_case": result["per_case"]} | extra)
             if method == "bigl":   # the same adapted model, segmenting with the mean of Φ(x_t) and Φ(x_t→s)
@@ -133,6 +136,7 @@ def _score_snapshots(bundle: Bundle, snapshots, test: list[Case], sequence: str,
     """Target-label Dice of every snapshot (benchmark only): how close unsupervised selection gets to the best."""
     scored = []
     probe = copy.copy(bundle)
+    probe.inference = "direct"       # as the method's table row
     probe.segmenter = copy.deepcopy(bundle.segmenter)
     for s in snapshots:
         probe.segmenter.load_state_dict(s.state)
