@@ -205,16 +205,11 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
             xt, _ = sample_batch(tgt, samp_t, patch, cfg.batch_size, rng, jitter=8, augment=True)
         xs, xt = xs.to(device), xt.to(device)
         ms, mt = _masks(xs), _masks(xt)
-        cond_s = cond_t = None
         # generators, discriminators frozen
         for d in (d_t, d_s):
             d.requires_grad_(False)
-        fake_s = g_t2s(xt, mt)
-        if segmenter is not None:
-            k = segmenter.config.num_classes
-            cond_s = tumour_condition(ys.to(device), k)
-            cond_t = torch.softmax(segmenter(fake_s), 1)[:, 1:] * mt
-        fake_t = g_s2t(xs, ms, cond_s)
+        fake_t, fake_s = source_to_target(g_s2t, xs, ys.to(device)), g_t2s(xt, mt)
+        cond_t = torch.softmax(segmenter(fake_s), 1)[:, 1:] * mt if segmenter is not None else None
         loss_gan = lsgan_loss(d_t(fake_t), True) + lsgan_loss(d_s(fake_s), True)
         loss_cyc = F.l1_loss(g_t2s(fake_t, ms), xs) + F.l1_loss(g_s2t(fake_s, mt, cond_t), xt)
         loss_id = 0.0

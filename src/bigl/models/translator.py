@@ -33,8 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bigl.errors import BiglError
-from bigl.models.segmenter import _check_int, _check_norm, config_from_dict, norm_layer
+from bigl.models.segmenter import _check, _check_int, _check_norm, config_from_dict, norm_layer
 
 __all__ = ["Generator", "TranslatorConfig"]
 
@@ -55,8 +54,7 @@ class TranslatorConfig:
         _check_int(self, "channels", 1)
         _check_int(self, "cond_channels", 0)
         _check_int(self, "kernel", 1)
-        if self.kernel % 2 == 0:
-            raise BiglError(f"TranslatorConfig.kernel must be odd, got {self.kernel}")
+        _check(self.kernel % 2 == 1, type(self).__name__, f"kernel must be odd, got {self.kernel}.")
         _check_int(self, "width", 1)
         _check_int(self, "n_res_blocks", 0)
         _check_int(self, "n_down", 0)
