@@ -73,6 +73,19 @@ class TranslatorTrainConfig:
     translator: TranslatorConfig = field(default_factory=lambda: TranslatorConfig(
         width=32, n_down=0, n_res_blocks=1, kernel=3, norm="none"))
     discriminator: PatchDiscriminatorConfig = field(default_factory=lambda: PatchDiscriminatorConfig(width=32))
+    # Several starts, screened without target labels: from a random initialisation the generators
+    # settle on a contrast polarity within ~100 steps and keep it; the wrong one (T2's bright CSF kept
+    # bright in "T1") never recovers. Starts come in pairs: one initialisation and its negated output.
+    starts: int = 4
+    screen_steps: int = 100       # steps every start trains before the best one continues to `steps`
+    screen_slices: int = 16       # fixed slices per domain the starts are scored on
+
+    def __post_init__(self) -> None:
+        for name in ("starts", "screen_slices"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise BiglError(f"translator {name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.screen_steps, int) or self.screen_steps < 0:
+            raise BiglError(f"translator screen_steps must be a non-negative integer, got {self.screen_steps!r}")
 
 
 @dataclass
@@ -172,43 +185,42 @@ def source_to_target(g_s2t: Generator, xs: torch.Tensor, ys: torch.Tensor) -> to
     return g_s2t(xs, _masks(xs), tumour_condition(ys, k + 1) if k else None)
 
 
-def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch: tuple[int, int],
-                     cfg: TranslatorTrainConfig, rng: np.random.Generator, device: torch.device,
-                     progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                     segmenter: DualAttentionUNet | None = None) -> tuple[Generator, Generator]:
-    """Stage 1: G_s→t and G_t→s with PatchGAN discriminators; returns both generators frozen, in eval mode.
+class _TranslatorStart:
+    """One stage-1 start: both generators, both PatchGAN discriminators and their optimisers."""
 
-    With ``cfg.label_conditioned`` G_s→t reads the source labels next to x_s. Its
-    target-side cycle, G_s→t(G_t→s(x_t)), has no labels, so it is conditioned on
-    the source ``segmenter``'s softmax of G_t→s(x_t) (frozen; gradients flow through
-    it into G_t→s, a semantic cycle in the spirit of CyCADA).
-    """
-    s2t_config = cfg.translator
-    if cfg.label_conditioned:
-        if segmenter is None:
-            raise BiglError("a label-conditioned translator needs the source segmenter for its target cycle")
-        segmenter = copy.deepcopy(segmenter).to(device).eval().requires_grad_(False)
-        s2t_config = replace(cfg.translator, cond_channels=segmenter.config.num_classes - 1)
-    g_s2t, g_t2s = Generator(s2t_config).to(device), Generator(cfg.translator).to(device)
-    d_t, d_s = PatchDiscriminator(cfg.discriminator).to(device), PatchDiscriminator(cfg.discriminator).to(device)
-    opt_g = torch.optim.Adam(list(g_s2t.parameters()) + list(g_t2s.parameters()), lr=cfg.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(list(d_t.parameters()) + list(d_s.parameters()), lr=cfg.lr, betas=(0.5, 0.999))
-    # Uniform brain slices on both sides by default; tumour-rich source slices (source_tumour_fraction)
-    # show D_s more real tumours but made no measured difference (docs/results.md).
-    samp_s, samp_t = SliceSampler(src, cfg.source_tumour_fraction), SliceSampler(tgt, 0.0)
-    report = Reporter("translator", cfg.steps, progress, cancel)
-    for step in range(1, cfg.steps + 1):
-        if cfg.paired:
-            xs, ys, xt = _paired_batch(src, tgt, samp_s, patch, cfg.batch_size, rng)
-        else:
-            xs, ys = sample_batch(src, samp_s, patch, cfg.batch_size, rng, jitter=8, augment=True)
-            xt, _ = sample_batch(tgt, samp_t, patch, cfg.batch_size, rng, jitter=8, augment=True)
-        xs, xt = xs.to(device), xt.to(device)
+    def __init__(self, cfg: TranslatorTrainConfig, s2t_config: TranslatorConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.g_s2t, self.g_t2s = Generator(s2t_config).to(device), Generator(cfg.translator).to(device)
+        self.d_t = PatchDiscriminator(cfg.discriminator).to(device)
+        self.d_s = PatchDiscriminator(cfg.discriminator).to(device)
+        self._optimisers()
+
+    def _optimisers(self) -> None:
+        lr, betas = self.cfg.lr, (0.5, 0.999)
+        self.opt_g = torch.optim.Adam(list(self.g_s2t.parameters()) + list(self.g_t2s.parameters()), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(list(self.d_t.parameters()) + list(self.d_s.parameters()), lr=lr, betas=betas)
+
+    def flipped(self) -> _TranslatorStart:
+        """The same initialisation with both generators' outputs negated: the opposite contrast polarity."""
+        other = copy.copy(self)
+        other.g_s2t, other.g_t2s, other.d_t, other.d_s = (copy.deepcopy(m) for m in
+                                                          (self.g_s2t, self.g_t2s, self.d_t, self.d_s))
+        with torch.no_grad():
+            for g in (other.g_s2t, other.g_t2s):
+                out_conv = g.net[-1]
+                out_conv.weight.neg_()
+                out_conv.bias.neg_()
+        other._optimisers()
+        return other
+
+    def step(self, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor,
+             segmenter: DualAttentionUNet | None) -> dict[str, float]:
+        """One alternating update: generators (discriminators frozen), then discriminators on detached fakes."""
+        cfg, g_s2t, g_t2s, d_t, d_s = self.cfg, self.g_s2t, self.g_t2s, self.d_t, self.d_s
         ms, mt = _masks(xs), _masks(xt)
-        # generators, discriminators frozen
         for d in (d_t, d_s):
             d.requires_grad_(False)
-        fake_t, fake_s = source_to_target(g_s2t, xs, ys.to(device)), g_t2s(xt, mt)
+        fake_t, fake_s = source_to_target(g_s2t, xs, ys), g_t2s(xt, mt)
         cond_t = torch.softmax(segmenter(fake_s), 1)[:, 1:] * mt if segmenter is not None else None
         loss_gan = lsgan_loss(d_t(fake_t), True) + lsgan_loss(d_s(fake_s), True)
         loss_cyc = F.l1_loss(g_t2s(fake_t, ms), xs) + F.l1_loss(g_s2t(fake_s, mt, cond_t), xt)
@@ -219,21 +231,105 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
         loss_g = loss_gan + cfg.lambda_cyc * loss_cyc + cfg.lambda_id * loss_id
         if cfg.paired:
             loss_g = loss_g + cfg.lambda_paired * (F.l1_loss(fake_t, xt) + F.l1_loss(fake_s, xs))
-        opt_g.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        opt_g.step()
-        # discriminators on detached fakes
+        self.opt_g.step()
         for d in (d_t, d_s):
             d.requires_grad_(True)
         loss_d = 0.5 * (lsgan_loss(d_t(xt), True) + lsgan_loss(d_t(fake_t.detach()), False)
                         + lsgan_loss(d_s(xs), True) + lsgan_loss(d_s(fake_s.detach()), False))
-        opt_d.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        opt_d.step()
-        report(step, gan=loss_gan.item(), cyc=loss_cyc.item(), d=loss_d.item())
-    for g in (g_s2t, g_t2s):
+        self.opt_d.step()
+        return dict(gan=loss_gan.item(), cyc=loss_cyc.item(), d=loss_d.item())
+
+
+def intensity_distance(a: torch.Tensor, b: torch.Tensor, levels: int = 101) -> float:
+    """1-D Wasserstein-1 distance between the brain (non-zero) intensities of two image batches.
+
+    Computed from ``levels`` matched quantiles; 0 when the two intensity distributions agree.
+    """
+    qs = torch.linspace(0, 1, levels, dtype=torch.float64)
+    va, vb = (x[x != 0].double().cpu() for x in (a, b))
+    if not len(va) or not len(vb):
+        raise BiglError("intensity_distance needs brain (non-zero) voxels in both batches")
+    return float((torch.quantile(va, qs) - torch.quantile(vb, qs)).abs().mean())
+
+
+def translation_distance(g_s2t: Generator, g_t2s: Generator, xs: torch.Tensor, ys: torch.Tensor,
+                         xt: torch.Tensor) -> float:
+    """Unsupervised stage-1 score (lower is better): how far each translation's intensity distribution is
+    from the real images of the domain it imitates, W1(G_t→s(x_t), x_s) + W1(G_s→t(x_s), x_t)."""
+    with torch.no_grad():
+        fake_s, fake_t = g_t2s(xt, _masks(xt)), source_to_target(g_s2t, xs, ys)
+    return intensity_distance(fake_s, xs) + intensity_distance(fake_t, xt)
+
+
+def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch: tuple[int, int],
+                     cfg: TranslatorTrainConfig, rng: np.random.Generator, device: torch.device,
+                     progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                     segmenter: DualAttentionUNet | None = None) -> tuple[Generator, Generator]:
+    """Stage 1: G_s→t and G_t→s with PatchGAN discriminators; returns both generators frozen, in eval mode.
+
+    With ``cfg.label_conditioned`` G_s→t reads the source labels next to x_s. Its
+    target-side cycle, G_s→t(G_t→s(x_t)), has no labels, so it is conditioned on
+    the source ``segmenter``'s softmax of G_t→s(x_t) (frozen; gradients flow through
+    it into G_t→s, a semantic cycle in the spirit of CyCADA).
+
+    With ``cfg.starts > 1`` several starts (pairs of one initialisation in both
+    contrast polarities) each train ``cfg.screen_steps`` steps; the one whose
+    translations are closest in intensity distribution to the real images of
+    the other domain (:func:`translation_distance` on a fixed batch, no labels
+    of the target) continues to ``cfg.steps``. Which contrast polarity the
+    generators find is set in the first ~100 steps and not undone later
+    (docs/adaptation.md).
+    """
+    s2t_config = cfg.translator
+    if cfg.label_conditioned:
+        if segmenter is None:
+            raise BiglError("a label-conditioned translator needs the source segmenter for its target cycle")
+        segmenter = copy.deepcopy(segmenter).to(device).eval().requires_grad_(False)
+        s2t_config = replace(cfg.translator, cond_channels=segmenter.config.num_classes - 1)
+    # Uniform brain slices on both sides by default; tumour-rich source slices (source_tumour_fraction)
+    # show D_s more real tumours but made no measured difference (docs/results.md).
+    samp_s, samp_t = SliceSampler(src, cfg.source_tumour_fraction), SliceSampler(tgt, 0.0)
+
+    def batch(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if cfg.paired:
+            xs, ys, xt = _paired_batch(src, tgt, samp_s, patch, size, rng)
+        else:
+            xs, ys = sample_batch(src, samp_s, patch, size, rng, jitter=8, augment=True)
+            xt, _ = sample_batch(tgt, samp_t, patch, size, rng, jitter=8, augment=True)
+        return xs.to(device), ys.to(device), xt.to(device)
+
+    screen = min(cfg.screen_steps, cfg.steps) if cfg.starts > 1 else 0
+    report = Reporter("translator", cfg.steps + (cfg.starts - 1) * screen, progress, cancel)
+    done = 0
+
+    def train(start: _TranslatorStart, steps: int) -> None:
+        nonlocal done
+        for _ in range(steps):
+            metrics = start.step(*batch(cfg.batch_size), segmenter)
+            done += 1
+            report(done, **metrics)
+
+    starts: list[_TranslatorStart] = []
+    for i in range(cfg.starts):
+        starts.append(starts[-1].flipped() if i % 2 else _TranslatorStart(cfg, s2t_config, device))
+    best = starts[0]
+    if cfg.starts > 1:
+        held_out = batch(cfg.screen_slices)
+        scores = []
+        for start in starts:
+            train(start, screen)
+            scores.append(translation_distance(start.g_s2t, start.g_t2s, *held_out))
+        best = starts[int(np.argmin(scores))]
+        log.info("translator starts after %d steps: intensity distances %s; continuing start %d", screen,
+                 ", ".join(f"{v:.3f}" for v in scores), int(np.argmin(scores)))
+    train(best, cfg.steps - screen)
+    for g in (best.g_s2t, best.g_t2s):
         g.eval().requires_grad_(False)
-    return g_s2t, g_t2s
+    return best.g_s2t, best.g_t2s
 
 
 def _paired_batch(src, tgt, sampler, patch, batch_size, rng):

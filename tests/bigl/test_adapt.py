@@ -155,6 +155,64 @@ def test_translator_training_moves_both_generators_and_conditions_g_s2t(tiny_bun
     assert unconditioned.config.cond_channels == 0
 
 
+def test_translator_starts_are_screened_and_the_closest_one_continues(tiny_bundle_path, split, monkeypatch):
+    from dataclasses import replace
+
+    import bigl.adapt as A
+    from bigl.preprocess import patch_size_for
+    from bigl.train import load_prepared
+
+    seg = load_bundle(tiny_bundle_path).segmenter
+    src, tgt = load_prepared(split[0], "t1", labels=True), load_prepared(split[1], "t2", labels=False)
+    patch = patch_size_for(src + tgt, seg.stride)
+    seen, scores = [], iter([3.0, 1.0, 2.0])
+
+    def distance(g_s2t, g_t2s, xs, ys, xt):   # the second start (the first one's opposite polarity) is closest
+        seen.append(g_t2s)
+        return next(scores)
+
+    monkeypatch.setattr(A, "translation_distance", distance)
+    steps = []
+    cfg = replace(TINY_TRANSLATOR, steps=4, starts=3, screen_steps=1)
+    _, g_t2s = A.train_translator(src, tgt, patch, cfg, np.random.default_rng(0), torch.device("cpu"),
+                                  progress=lambda p: steps.append((p.step, p.total)), segmenter=seg)
+    assert len(seen) == 3 and g_t2s is seen[1]
+    assert steps == [(i, 6) for i in range(1, 7)]   # 3 starts x 1 screening step + 3 more for the chosen one
+
+
+def test_flipped_start_and_translation_distance_on_known_generators():
+    from bigl.adapt import TranslatorTrainConfig, _TranslatorStart, intensity_distance, translation_distance
+
+    a = torch.tensor([[[[0.0, 1.0, 2.0, 3.0]]]])
+    assert intensity_distance(a, a) == 0.0
+    assert intensity_distance(a, a + 1.5 * (a != 0)) == pytest.approx(1.5)   # background (0) is ignored
+    with pytest.raises(BiglError, match="brain"):
+        intensity_distance(a, torch.zeros_like(a))
+
+    # width-2, 1x1 local generators: out = w2 . relu(W1 x): identity with w2 = (1, -1), negation with (-1, 1)
+    cfg = TranslatorTrainConfig(label_conditioned=False,
+                                translator=TranslatorConfig(width=2, n_down=0, n_res_blocks=0, kernel=1, norm="none"))
+    start = _TranslatorStart(cfg, cfg.translator, torch.device("cpu"))
+    for g in (start.g_s2t, start.g_t2s):
+        stem, out = g.net[0], g.net[-1]
+        with torch.no_grad():
+            stem.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            stem.bias.zero_()
+            out.weight.copy_(torch.tensor([1.0, -1.0]).view(1, 2, 1, 1))
+            out.bias.zero_()
+    flipped = start.flipped()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(start.g_t2s(x), x) and torch.allclose(flipped.g_t2s(x), -x)
+        assert torch.allclose(flipped.g_s2t(x), -start.g_s2t(x))
+    assert all(p.grad is None for p in flipped.g_t2s.parameters()) and flipped.opt_g is not start.opt_g
+    # target = source with inverted contrast: the negating pair translates exactly, the identity pair does not
+    xs = torch.rand(4, 1, 8, 8) + 0.5
+    xt, ys = -xs, torch.zeros(4, 8, 8, dtype=torch.long)
+    assert translation_distance(flipped.g_s2t, flipped.g_t2s, xs, ys, xt) == pytest.approx(0.0, abs=1e-6)
+    assert translation_distance(start.g_s2t, start.g_t2s, xs, ys, xt) > 1.0
+
+
 def test_pseudo_labels_ignore_disagreement(tiny_bundle_path, split):
     from bigl.train import load_prepared
 
@@ -175,6 +233,10 @@ def test_pseudo_labels_ignore_disagreement(tiny_bundle_path, split):
 def test_bad_config_and_inputs(tiny_bundle_path, split):
     with pytest.raises(BiglError, match="unknown adaptation method"):
         AdaptConfig(method="magic")
+    with pytest.raises(BiglError, match="starts"):
+        TranslatorTrainConfig(starts=0)
+    with pytest.raises(BiglError, match="screen_steps"):
+        TranslatorTrainConfig(screen_steps=-1)
     with pytest.raises(BiglError, match="unknown target sequence"):
         adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "T9", _cfg(), device="cpu")
     with pytest.raises(BiglError, match="3D"):
