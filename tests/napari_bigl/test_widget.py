@@ -153,7 +153,8 @@ def test_viewer_stays_responsive_while_segmenting(viewer, widget, qtbot):
     gaps = np.diff([t0, *ticks])
     assert elapsed > 1.0, f"segmenting took only {elapsed:.2f} s: too short to test responsiveness"
     worst = int(np.argmax(gaps))
-    assert gaps.max() < 0.2, (f"GUI blocked for {gaps.max() * 1000:.0f} ms, {ticks[worst] - t0:.2f} s into a "
+    # a blocked GUI stalls for the whole > 1 s run; 0.5 s leaves room for a loaded machine's scheduling
+    assert gaps.max() < 0.5, (f"GUI blocked for {gaps.max() * 1000:.0f} ms, {ticks[worst] - t0:.2f} s into a "
                               f"{elapsed:.1f} s segmentation")
 
 
