@@ -101,3 +101,22 @@ def test_adapt_variants_script_reports_every_inference_mode(tmp_path, tiny_bundl
                                                              "ensemble")] + [("bigl", m) for m in
                                                                              ("direct", "translate", "ensemble")]
     assert all(0 <= r["dice"]["average"] <= 100 for r in rows)
+
+
+def test_translator_starts_script_prints_every_start_and_the_choice(tmp_path, tiny_bundle_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_dataset(tmp_path / "data", n_cases=6, seed=2, preset="tiny")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "translator_starts.py"
+    out = subprocess.run([sys.executable, str(script), "--model", str(tiny_bundle_path), "--data",
+                          str(tmp_path / "data"), "--source", "t1", "--target", "t2", "--translator",
+                          '{"steps": 5, "starts": 2, "screen_steps": 1, "batch_size": 1, "screen_slices": 2}'],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r.get("start") for r in rows[:2]] == [0, 1] and rows[2]["after_steps"] == 1
+    assert rows[2]["chosen_start"] == min(rows[:2], key=lambda r: r["distance"])["start"]
+    assert all(-1 <= r["check_corr_input_output"] <= 1 for r in rows[:2])
