@@ -39,7 +39,7 @@ from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
 from bigl.io import SEQUENCES, Case, Volume, list_cases, load_images
 from bigl.losses import adversarial_loss, lsgan_loss, output_consistency, segmentation_loss
-from bigl.metrics import REGIONS, dice, region_mask
+from bigl.metrics import REGIONS, region_mask
 from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionDiscriminator,
                                         FeatureDiscriminator, PatchDiscriminator, PatchDiscriminatorConfig)
 from bigl.models.segmenter import DualAttentionUNet, SegmenterOutput
@@ -456,23 +456,44 @@ def _predict_pair(seg: DualAttentionUNet, g_t2s: Generator, vol: PreparedVolume,
     return p_t, p_t2s
 
 
+def prediction_agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Dice of two predictions per tumour region, pooled over volumes, averaged over the regions either predicts.
+
+    ``pairs``: (label map A, label map B) per volume, BraTS labels. A region that
+    neither map contains anywhere is left out instead of counting as perfect
+    agreement: a model that predicts no tumour must not score 1. Nothing predicted
+    at all -> 0.
+    """
+    scores = []
+    for r in REGIONS:
+        inter = total = 0
+        for a, b in pairs:
+            ma, mb = region_mask(a, r), region_mask(b, r)
+            inter += int(np.logical_and(ma, mb).sum())
+            total += int(ma.sum()) + int(mb.sum())
+        if total:
+            scores.append(2.0 * inter / total)
+    return float(np.mean(scores)) if scores else 0.0
+
+
 def selection_score(seg: DualAttentionUNet, g_t2s: Generator | None, vols: list[PreparedVolume], device) -> float:
-    """Unsupervised score: agreement (mean region Dice) between Φ(x_t) and Φ(x_t→s); no target labels.
+    """Unsupervised score: agreement of Φ(x_t) and Φ(x_t→s) (:func:`prediction_agreement`); no target labels.
 
     Without a translator (AdaptSegNet, source-only) the score is the negative mean
     prediction entropy inside the brain instead.
     """
-    scores = []
-    for v in vols:
-        if g_t2s is None:
+    if g_t2s is None:
+        scores = []
+        for v in vols:
             p, _ = predict_prepared(seg, v, device=device, with_attention=False)
             ent = -(p * np.log(np.clip(p, 1e-8, 1))).sum(0) / np.log(p.shape[0])
             scores.append(-float(ent[v.mask].mean()))
-            continue
+        return float(np.mean(scores))
+    pairs = []
+    for v in vols:
         p_t, p_t2s = _predict_pair(seg, g_t2s, v, device)
-        a, b = classes_to_labels(p_t.argmax(0)), classes_to_labels(p_t2s.argmax(0))
-        scores.append(float(np.mean([dice(region_mask(a, r), region_mask(b, r)) for r in REGIONS])))
-    return float(np.mean(scores))
+        pairs.append((classes_to_labels(p_t.argmax(0)), classes_to_labels(p_t2s.argmax(0))))
+    return prediction_agreement(pairs)
 
 
 def pseudo_labels(seg: DualAttentionUNet, g_t2s: Generator, vols: list[PreparedVolume], threshold: float,

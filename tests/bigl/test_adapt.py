@@ -213,6 +213,22 @@ def test_flipped_start_and_translation_distance_on_known_generators():
     assert translation_distance(start.g_s2t, start.g_t2s, xs, ys, xt) > 1.0
 
 
+def test_prediction_agreement_ignores_regions_neither_predicts():
+    from bigl.adapt import prediction_agreement
+
+    a = np.zeros((4, 4), np.int64)
+    a[1:3, 1:3] = 2                                   # edema only: WT, no TC, no ET
+    b = a.copy()
+    b[1, 1] = 0                                       # 3 of a's 4 WT voxels
+    # WT pooled over both volumes: 2 * (4 + 3) / (8 + 7); TC and ET are in neither map: left out
+    assert prediction_agreement([(a, a), (a, b)]) == pytest.approx(14 / 15)
+    empty = np.zeros_like(a)
+    assert prediction_agreement([(empty, empty)]) == 0.0   # no tumour predicted is not agreement
+    c = a.copy()
+    c[1, 1] = 1                                       # one core voxel in one map only: TC agreement 0
+    assert prediction_agreement([(a, c)]) == pytest.approx((1.0 + 0.0) / 2)
+
+
 def test_pseudo_labels_ignore_disagreement(tiny_bundle_path, split):
     from bigl.train import load_prepared
 

@@ -120,3 +120,34 @@ def test_translator_starts_script_prints_every_start_and_the_choice(tmp_path, ti
     assert [r.get("start") for r in rows[:2]] == [0, 1] and rows[2]["after_steps"] == 1
     assert rows[2]["chosen_start"] == min(rows[:2], key=lambda r: r["distance"])["start"]
     assert all(-1 <= r["check_corr_input_output"] <= 1 for r in rows[:2])
+
+
+def test_snapshot_scores_script_scores_every_snapshot(tmp_path, tiny_bundle_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bigl.adapt import AdaptConfig, TranslatorTrainConfig, adapt
+    from bigl.benchmark import split_dataset
+    from bigl.checkpoint import load_bundle, save_bundle
+    from bigl.io import list_cases
+    from bigl.models.translator import TranslatorConfig
+
+    write_dataset(tmp_path / "data", n_cases=6, seed=2, preset="tiny")
+    splits = split_dataset(list_cases(tmp_path / "data"), 0)
+    tiny = TranslatorTrainConfig(steps=1, batch_size=1, starts=1, translator=TranslatorConfig(width=4, n_down=0,
+                                                                                             n_res_blocks=1, kernel=3))
+    translated = adapt(load_bundle(tiny_bundle_path), splits.source, "t1", splits.target, "t2",
+                       AdaptConfig(method="translate", translator=tiny), device="cpu").bundle
+    save_bundle(translated, tmp_path / "tr.safetensors")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "snapshot_scores.py"
+    out = subprocess.run([sys.executable, str(script), "--model", str(tiny_bundle_path), "--translators",
+                          str(tmp_path / "tr.safetensors"), "--data", str(tmp_path / "data"), "--source", "t1",
+                          "--target", "t2", "--device", "cpu", "--adapt",
+                          '{"steps": 2, "batch_size": 1, "checkpoint_every": 1, "selection_volumes": 1}'],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["step"] for r in rows[:-1]] == [1, 2] and rows[-1]["chosen_step"] in (1, 2)
+    assert all(0 <= r[m] <= 100 for r in rows[:-1] for m in ("direct", "ensemble", "translate"))
