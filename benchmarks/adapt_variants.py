@@ -17,9 +17,9 @@ ones, or read from ``--translators BUNDLE``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -68,8 +68,7 @@ def main() -> None:
             save_bundle(bundle, Path(args.out) / f"{method}.safetensors", overwrite=True)
         modes = ("direct", "translate", "ensemble") if bundle.translator_t2s is not None else ("direct",)
         for mode in modes:
-            probe = copy.copy(bundle)
-            probe.inference = mode
+            probe = replace(bundle, inference=mode)
             summary = evaluate_dataset(probe, splits.test, args.target, device=args.device)["summary"]
             dsc = {k: round(100 * v["dice_mean"], 2) for k, v in summary.items()}
             print(json.dumps({"method": method, "inference": mode, "seconds": round(seconds), "chosen_step":

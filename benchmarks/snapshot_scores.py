@@ -13,8 +13,8 @@ DSC (%) of each inference mode, and finally the step the selection chose.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+from dataclasses import replace
 
 
 def main() -> None:
@@ -46,8 +46,7 @@ def main() -> None:
         bundle.segmenter.load_state_dict(snap.state)
         row = {"step": snap.step, "selection_score": round(snap.score, 4)}
         for mode in ("direct", "ensemble", "translate"):
-            probe = copy.copy(bundle)
-            probe.inference = mode
+            probe = replace(bundle, inference=mode)
             summary = evaluate_dataset(probe, splits.test, args.target, device=args.device)["summary"]
             row[mode] = round(100 * summary["average"]["dice_mean"], 2)
         print(json.dumps(row), flush=True)

@@ -109,14 +109,12 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
                          "snapshots": _score_snapshots(bundle, res.snapshots, splits.test, target_seq, device)}
             seconds = time.perf_counter() - t0
             # the paper's protocol: every method segments x_t directly, translate-only segments G_t→s(x_t)
-            protocol = copy.copy(bundle)
-            protocol.inference = "translate" if method == "translate" else "direct"
+            protocol = replace(bundle, inference="translate" if method == "translate" else "direct")
             result = evaluate_dataset(protocol, splits.test, target_seq, device=device)
             results["runs"].append({"row": row, "seed": seed, "seconds": round(seconds, 1),
                                     "summary": result["summary"], "per_case": result["per_case"]} | extra)
             if method == "bigl":   # the same adapted model, segmenting with the mean of Φ(x_t) and Φ(x_t→s)
-                ens = copy.copy(bundle)
-                ens.inference = "ensemble"
+                ens = replace(bundle, inference="ensemble")
                 result = evaluate_dataset(ens, splits.test, target_seq, device=device)
                 results["runs"].append({"row": row + ENSEMBLE_SUFFIX, "seed": seed, "seconds": round(seconds, 1),
                                         "summary": result["summary"], "per_case": result["per_case"]})
@@ -135,9 +133,8 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
 def _score_snapshots(bundle: Bundle, snapshots, test: list[Case], sequence: str, device) -> list[dict[str, float]]:
     """Target-label Dice of every snapshot (benchmark only): how close unsupervised selection gets to the best."""
     scored = []
-    probe = copy.copy(bundle)
-    probe.inference = "direct"       # as the method's table row
-    probe.segmenter = copy.deepcopy(bundle.segmenter)
+    # direct, as the method's table row
+    probe = replace(bundle, inference="direct", segmenter=copy.deepcopy(bundle.segmenter))
     for s in snapshots:
         probe.segmenter.load_state_dict(s.state)
         summary = evaluate_dataset(probe, test, sequence, device=device)["summary"]
