@@ -38,7 +38,7 @@ from bigl.checkpoint import Bundle, jsonable
 from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
 from bigl.io import SEQUENCES, Case, Volume, list_cases, load_images
-from bigl.losses import adversarial_loss, lsgan_loss, output_consistency, segmentation_loss
+from bigl.losses import adversarial_loss, distillation_loss, lsgan_loss, output_consistency, segmentation_loss
 from bigl.metrics import REGIONS, region_mask
 from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionDiscriminator,
                                         FeatureDiscriminator, PatchDiscriminator, PatchDiscriminatorConfig)
@@ -114,6 +114,12 @@ class AdaptConfig:
     self_train_rounds: int = 2
     self_train_steps: int = 150
     pseudo_threshold: float = 0.9
+    # Beyond the paper (docs/adaptation.md). lambda_seg_s2t weighs L_seg on x_s→t (paper: 1). G_s→t reads
+    # y_s, so x_s→t carries the labels in a form Φ learns to read within ~20 steps; that shortcut wiped out
+    # Φ(x_t→s) (test DSC 39 -> 1 at lr 1e-4, docs/results.md). lambda_anchor: Φ(x_t) and Φ(x_t→s) are fitted
+    # to the frozen source model's softmax of x_t→s (Φ_0(x_t→s), the translate-only prediction).
+    lambda_seg_s2t: float = 0.0
+    lambda_anchor: float = 1.0
     # How the adapted bundle segments: "direct" Φ(x_t) (the paper's protocol), "translate" Φ(G_t→s(x_t)),
     # "ensemble" the mean of both softmaxes — better than direct in every measurement (docs/results.md).
     # Methods without a translator always segment directly.
@@ -389,14 +395,18 @@ def _output_pairs(outs: dict[str, Any], method: str) -> dict[str, tuple[torch.Te
 
 def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, xs, ys, xt,
                    g_s2t: Generator | None, g_t2s: Generator | None, cfg: AdaptConfig, ramp: float,
-                   pseudo: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
-    """One alternating update (Φ, then the discriminators) for ``cfg.method``; returns the loss terms."""
+                   pseudo: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   teacher: DualAttentionUNet | None = None) -> dict[str, float]:
+    """One alternating update (Φ, then the discriminators) for ``cfg.method``; returns the loss terms.
+
+    ``teacher``: the frozen source model whose softmax of x_t→s anchors Φ (``cfg.lambda_anchor``).
+    """
     mt = _masks(xt)
     streams = {"s": xs}
     with torch.no_grad():
         if cfg.method in ("bigl", "cycada"):
             streams["s2t"] = source_to_target(g_s2t, xs, ys)
-        if cfg.method == "bigl" or pseudo is not None:
+        if cfg.method == "bigl" or pseudo is not None or teacher is not None:
             streams["t2s"] = g_t2s(xt, mt)
     if cfg.method == "cycada":
         del streams["s"]
@@ -412,12 +422,18 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
     terms: dict[str, torch.Tensor] = {}
     labelled = [n for n in ("s", "s2t") if n in outs]
     for n in labelled:                      # reported per stream: seg_s, seg_s2t
-        terms[f"seg_{n}"] = segmentation_loss(outs[n].logits, ys)
+        weight = cfg.lambda_seg_s2t if n == "s2t" and cfg.method == "bigl" else 1.0
+        if weight:
+            terms[f"seg_{n}"] = weight * segmentation_loss(outs[n].logits, ys)
     if cfg.method == "bigl" and cfg.use_output:
         terms["out"] = cfg.lambda_out * output_consistency(outs["t"].logits, outs["t2s"].logits, mt)
     if pseudo is not None:
         plabel, _ = pseudo
         terms["pseudo"] = sum(segmentation_loss(outs[n].logits, plabel) for n in ("t", "t2s") if n in outs)
+    if teacher is not None:
+        with torch.no_grad():
+            soft = torch.softmax(teacher(streams["t2s"]), 1)
+        terms["anchor"] = cfg.lambda_anchor * sum(distillation_loss(outs[n].logits, soft, mt) for n in ("t", "t2s"))
     pairs = _pairs(outs) if cfg.method == "bigl" else _output_pairs(outs, cfg.method)
     weight = cfg.lambda_gtl if cfg.method == "bigl" else cfg.lambda_adv_out
     adv = [adversarial_loss(disc[name](pairs[name][1]), True) for name in disc]
@@ -564,6 +580,9 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
         return AdaptResult(bundle, [], 0, [], time.perf_counter() - t0)
 
     disc = _alignment_discriminators(seg, cfg, dev)
+    teacher = None
+    if cfg.method == "bigl" and cfg.lambda_anchor > 0:
+        teacher = copy.deepcopy(seg).eval().requires_grad_(False)
     opt_seg = torch.optim.Adam(seg.parameters(), lr=cfg.lr, weight_decay=1e-5)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if len(disc) else None
     samp_s, samp_t = SliceSampler(src, cfg.tumour_fraction), SliceSampler(tgt, 0.0)
@@ -596,7 +615,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
                 pseudo = None
             ramp = min(1.0, step / max(1.0, cfg.ramp_fraction * steps)) if pseudo is None else 1.0
             terms = alignment_step(seg, disc, opt_seg, opt_d, xs.to(dev), ys.to(dev), xt.to(dev), g_s2t, g_t2s,
-                                   cfg, ramp, pseudo)
+                                   cfg, ramp, pseudo, teacher if pseudo is None else None)
             report(step, **terms)
             if preview is not None and (step0 + step) % preview_every == 0:
                 preview(step0 + step, snapshot_bundle())

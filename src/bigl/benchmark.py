@@ -42,6 +42,9 @@ ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "bigl-out-feat": ("BiGL: output + feature", "bigl", {"use_attention": False}),
     "bigl": ("BiGL: output + feature + attention", "bigl", {}),
     "bigl-st": ("BiGL + self-training", "bigl", {"self_train": True}),
+    # the loss exactly as the paper writes it: L_seg on x_s→t too, no source-model anchor
+    "bigl-paper": ("BiGL, paper losses (L_seg on x_s→t, no anchor)", "bigl", {"lambda_seg_s2t": 1.0,
+                                                                            "lambda_anchor": 0.0}),
     "target-only": ("Target only (upper bound)", "", {}),
 }
 SOURCE_ONLY, TARGET_ONLY = ROWS["source-only"][0], ROWS["target-only"][0]

@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=None, metavar="KEY",
                    help="rows to run (default all): source-only adaptseg translate cycada bigl-out bigl-out-feat "
-                        "bigl bigl-st target-only")
+                        "bigl bigl-st bigl-paper target-only")
     p.add_argument("--steps", type=int, default=None, help="alignment steps per method")
     p.add_argument("--train-steps", type=int, default=None, help="supervised steps for source/target-only models")
     _common(p, overwrite=False)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 __all__ = [
     "adversarial_loss",
+    "distillation_loss",
     "entropy",
     "generalized_dice_loss",
     "lsgan_loss",
@@ -106,6 +107,22 @@ def output_consistency(logits_a: Tensor, logits_b: Tensor, mask: Tensor | None =
         return diff.mean()
     m = _pixel_mask(mask, diff.shape).to(diff.dtype)  # (B, H, W)
     return (diff * m).sum() / m.sum().clamp_min(1.0)
+
+
+def distillation_loss(logits: Tensor, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Soft cross-entropy ``-Σ_k q_k log p_k`` of p = softmax(logits) against a teacher's softmax q.
+
+    Both (B, K, H, W); averaged over all pixels or those in ``mask`` ((B, H, W) or
+    (B, 1, H, W)). Minimal (the teacher's entropy) when p = q. The teacher gets no gradient.
+    """
+    if logits.shape != teacher_probs.shape or logits.ndim != 4:
+        raise ValueError(f"logits and teacher probabilities must both be (B, K, H, W) of one shape, got "
+                         f"{tuple(logits.shape)} and {tuple(teacher_probs.shape)}")
+    ce = -(teacher_probs.detach().float() * torch.log_softmax(logits.float(), 1)).sum(1)  # (B, H, W)
+    if mask is None:
+        return ce.mean()
+    m = _pixel_mask(mask, ce.shape).to(ce.dtype)
+    return (ce * m).sum() / m.sum().clamp_min(1.0)
 
 
 def _pixel_mask(mask: Tensor, shape: torch.Size) -> Tensor:

@@ -257,3 +257,28 @@ def test_bad_config_and_inputs(tiny_bundle_path, split):
         adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "T9", _cfg(), device="cpu")
     with pytest.raises(BiglError, match="3D"):
         adapt(load_bundle(tiny_bundle_path), split[0], "t1", [np.zeros((3, 3))], "t2", _cfg(), device="cpu")
+
+
+def test_anchor_and_translated_source_loss_are_switchable(tiny_bundle_path, split, monkeypatch):
+    import bigl.adapt as A
+
+    seen = []
+    real = A.alignment_step
+
+    def spy(*args):
+        terms = real(*args)
+        seen.append((terms, args[12]))   # (loss terms, teacher)
+        return terms
+
+    monkeypatch.setattr(A, "alignment_step", spy)
+    source = load_bundle(tiny_bundle_path)
+    before = {k: v.clone() for k, v in source.segmenter.state_dict().items()}
+    adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1), device="cpu")       # defaults
+    terms, teacher = seen[-1]
+    assert terms["anchor"] > 0 and "seg_s2t" not in terms and "seg_s" in terms
+    # the teacher is the frozen source model, not the segmenter being adapted
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, lambda_anchor=0.0, lambda_seg_s2t=1.0), device="cpu")
+    terms, teacher = seen[-1]
+    assert "anchor" not in terms and terms["seg_s2t"] > 0 and teacher is None

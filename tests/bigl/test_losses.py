@@ -9,6 +9,7 @@ import torch
 
 from bigl.losses import (
     adversarial_loss,
+    distillation_loss,
     entropy,
     generalized_dice_loss,
     lsgan_loss,
@@ -103,6 +104,25 @@ def test_output_consistency_values() -> None:
     assert output_consistency(la, lb, mask).item() == pytest.approx(0.125)
     assert output_consistency(la, lb, mask.unsqueeze(1).float()).item() == pytest.approx(0.125)
     assert output_consistency(la, lb, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_distillation_loss_values() -> None:
+    la = torch.zeros(1, 2, 1, 2)              # student: (0.5, 0.5) at both pixels
+    q = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1).expand(1, 2, 1, 2)
+    assert distillation_loss(la, q).item() == pytest.approx(math.log(2))
+    lb = torch.zeros(1, 2, 1, 2)
+    lb[0, 1, 0, 0] = LN3                      # pixel 0 -> (0.25, 0.75)
+    q2 = torch.softmax(lb, 1)
+    mask = torch.tensor([[[True, False]]])
+    # equal to the teacher: the teacher's entropy, here -(0.25 ln 0.25 + 0.75 ln 0.75)
+    assert distillation_loss(lb, q2, mask).item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    assert distillation_loss(la, q2, torch.zeros_like(mask)).item() == 0.0
+    student = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    teacher = torch.tensor([0.9, 0.1]).view(1, 2, 1, 1).expand(1, 2, 1, 2).clone().requires_grad_(True)
+    distillation_loss(student, teacher).backward()
+    assert student.grad is not None and teacher.grad is None
+    with pytest.raises(ValueError, match="same shape|one shape"):
+        distillation_loss(la, torch.zeros(1, 3, 1, 2))
 
 
 def test_adversarial_loss_values() -> None:
