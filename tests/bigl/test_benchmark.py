@@ -122,12 +122,8 @@ def test_translator_starts_script_prints_every_start_and_the_choice(tmp_path, ti
     assert all(-1 <= r["check_corr_input_output"] <= 1 for r in rows[:2])
 
 
-def test_snapshot_scores_script_scores_every_snapshot(tmp_path, tiny_bundle_path):
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def _tiny_data_and_translator(tmp_path, tiny_bundle_path):
+    """tmp_path/data (6 tiny cases) and tmp_path/tr.safetensors, a translate-only bundle of split 0."""
     from bigl.adapt import AdaptConfig, TranslatorTrainConfig, adapt
     from bigl.benchmark import split_dataset
     from bigl.checkpoint import load_bundle, save_bundle
@@ -141,6 +137,15 @@ def test_snapshot_scores_script_scores_every_snapshot(tmp_path, tiny_bundle_path
     translated = adapt(load_bundle(tiny_bundle_path), splits.source, "t1", splits.target, "t2",
                        AdaptConfig(method="translate", translator=tiny), device="cpu").bundle
     save_bundle(translated, tmp_path / "tr.safetensors")
+
+
+def test_snapshot_scores_script_scores_every_snapshot(tmp_path, tiny_bundle_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _tiny_data_and_translator(tmp_path, tiny_bundle_path)
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "snapshot_scores.py"
     out = subprocess.run([sys.executable, str(script), "--model", str(tiny_bundle_path), "--translators",
                           str(tmp_path / "tr.safetensors"), "--data", str(tmp_path / "data"), "--source", "t1",
@@ -151,3 +156,23 @@ def test_snapshot_scores_script_scores_every_snapshot(tmp_path, tiny_bundle_path
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["step"] for r in rows[:-1]] == [1, 2] and rows[-1]["chosen_step"] in (1, 2)
     assert all(0 <= r[m] <= 100 for r in rows[:-1] for m in ("direct", "ensemble", "translate"))
+
+
+def test_shortcut_probe_script_reports_steps(tmp_path, tiny_bundle_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _tiny_data_and_translator(tmp_path, tiny_bundle_path)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "shortcut_probe.py"
+    out = subprocess.run([sys.executable, str(script), "--model", str(tiny_bundle_path), "--translators",
+                          str(tmp_path / "tr.safetensors"), "--data", str(tmp_path / "data"), "--source", "t1",
+                          "--target", "t2", "--steps", "2", "--every", "1", "--adapt",
+                          '{"batch_size": 1, "lambda_seg_s2t": 1.0}'],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert {"seg_s", "seg_s2t", "anchor", "adv"} <= set(rows[-1]["terms"])
+    assert all(0 <= r[m] <= 100 for r in rows for m in ("direct", "translate"))
