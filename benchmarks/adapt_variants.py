@@ -24,6 +24,8 @@ from pathlib import Path
 
 
 def main() -> None:
+    from _split_args import add_split_args
+
     from bigl.adapt import AdaptConfig, TranslatorTrainConfig, adapt
     from bigl.benchmark import split_dataset
     from bigl.checkpoint import load_bundle, save_bundle
@@ -32,12 +34,8 @@ def main() -> None:
     from bigl.models.translator import TranslatorConfig
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--source", required=True)
-    p.add_argument("--target", required=True)
+    add_split_args(p)
     p.add_argument("--methods", nargs="+", default=["bigl"])
-    p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--translators", default=None, help="reuse G_s→t/G_t→s from this adapted bundle")
     p.add_argument("--adapt", default="{}", help="AdaptConfig overrides (JSON)")
     p.add_argument("--translator", default="{}", help="TranslatorTrainConfig overrides (JSON)")

@@ -21,6 +21,7 @@ from dataclasses import replace
 
 def main() -> None:
     import torch
+    from _split_args import add_split_args
 
     import bigl.adapt as A
     from bigl.benchmark import split_dataset
@@ -31,12 +32,8 @@ def main() -> None:
     from bigl.train import load_prepared, sample_batch, seed_everything
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="source bundle of the split")
+    add_split_args(p)
     p.add_argument("--translators", required=True, help="adapted bundle whose G_s→t / G_t→s are reused")
-    p.add_argument("--data", required=True)
-    p.add_argument("--source", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--every", type=int, default=20)
     p.add_argument("--test-cases", type=int, default=3, help="first N test cases scored")

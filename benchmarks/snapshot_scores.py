@@ -18,6 +18,8 @@ from dataclasses import replace
 
 
 def main() -> None:
+    from _split_args import add_split_args
+
     from bigl.adapt import AdaptConfig, adapt
     from bigl.benchmark import split_dataset
     from bigl.checkpoint import load_bundle
@@ -25,12 +27,8 @@ def main() -> None:
     from bigl.io import list_cases
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="source bundle of the split")
+    add_split_args(p)
     p.add_argument("--translators", required=True, help="adapted bundle whose G_s→t / G_t→s are reused")
-    p.add_argument("--data", required=True)
-    p.add_argument("--source", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--split-seed", type=int, default=0, help="also the adaptation seed, as in `bigl benchmark`")
     p.add_argument("--method", default="bigl")
     p.add_argument("--adapt", default="{}", help="AdaptConfig overrides (JSON)")
     p.add_argument("--device", default="auto")

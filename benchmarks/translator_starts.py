@@ -21,6 +21,7 @@ from dataclasses import replace
 def main() -> None:
     import numpy as np
     import torch
+    from _split_args import add_split_args
 
     import bigl.adapt as A
     from bigl.benchmark import split_dataset
@@ -30,11 +31,7 @@ def main() -> None:
     from bigl.train import load_prepared, seed_everything
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="source bundle (trained on the split's source cases)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--source", required=True)
-    p.add_argument("--target", required=True)
-    p.add_argument("--split-seed", type=int, default=0)
+    add_split_args(p, "source bundle (trained on the split's source cases)")
     p.add_argument("--seed", type=int, default=0, help="adaptation seed (`bigl benchmark` uses the split seed)")
     p.add_argument("--translator", default="{}", help="TranslatorTrainConfig overrides (JSON)")
     args = p.parse_args()
