@@ -14,6 +14,9 @@ Paper symbols -> code names:
 Stage 1 trains the translator (unpaired CycleGAN objective: LSGAN + λ_cyc·cycle + λ_id·identity;
 the paper's paired L1 term of Eq. 1 only with ``paired=True``), then freezes it. Stage 2 alternates,
 every step: update Φ with the discriminators frozen, then the discriminators on detached inputs.
+By default stage 2 departs from Eq. 10 in two measured ways (``lambda_seg_s2t``, ``lambda_anchor``):
+no L_seg on the label-conditioned x_s→t, and Φ(x_t), Φ(x_t→s) distilled from the frozen source model's
+softmax of x_t→s.
 Choices the paper leaves open are fields of :class:`AdaptConfig`, documented in docs/adaptation.md.
 
 Target labels are never read: target data enter only through :func:`bigl.io.load_images`.
