@@ -409,7 +409,7 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
     with torch.no_grad():
         if cfg.method in ("bigl", "cycada"):
             streams["s2t"] = source_to_target(g_s2t, xs, ys)
-        if cfg.method == "bigl" or pseudo is not None or teacher is not None:
+        if cfg.method == "bigl" or pseudo is not None:
             streams["t2s"] = g_t2s(xt, mt)
     if cfg.method == "cycada":
         del streams["s"]

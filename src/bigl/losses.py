@@ -103,10 +103,7 @@ def output_consistency(logits_a: Tensor, logits_b: Tensor, mask: Tensor | None =
             f"logits must both be (B, K, H, W) of one shape, got {tuple(logits_a.shape)} and {tuple(logits_b.shape)}"
         )
     diff = (torch.softmax(logits_a.float(), 1) - torch.softmax(logits_b.float(), 1)).pow(2).sum(1)  # (B, H, W)
-    if mask is None:
-        return diff.mean()
-    m = _pixel_mask(mask, diff.shape).to(diff.dtype)  # (B, H, W)
-    return (diff * m).sum() / m.sum().clamp_min(1.0)
+    return _masked_mean(diff, mask)
 
 
 def distillation_loss(logits: Tensor, teacher_probs: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -119,10 +116,15 @@ def distillation_loss(logits: Tensor, teacher_probs: Tensor, mask: Tensor | None
         raise ValueError(f"logits and teacher probabilities must both be (B, K, H, W) of one shape, got "
                          f"{tuple(logits.shape)} and {tuple(teacher_probs.shape)}")
     ce = -(teacher_probs.detach().float() * torch.log_softmax(logits.float(), 1)).sum(1)  # (B, H, W)
+    return _masked_mean(ce, mask)
+
+
+def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of per-pixel ``values`` (B, H, W) over all pixels, or over ``mask`` ((B, H, W) or (B, 1, H, W)); 0 if empty."""
     if mask is None:
-        return ce.mean()
-    m = _pixel_mask(mask, ce.shape).to(ce.dtype)
-    return (ce * m).sum() / m.sum().clamp_min(1.0)
+        return values.mean()
+    m = _pixel_mask(mask, values.shape).to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
 
 
 def _pixel_mask(mask: Tensor, shape: torch.Size) -> Tensor:
@@ -165,7 +167,4 @@ def entropy(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     k = logits.shape[1]
     log_p = torch.log_softmax(logits.float(), dim=1)  # (B, K, H, W)
     h = -(log_p.exp() * log_p).sum(1) / math.log(k)  # (B, H, W)
-    if mask is None:
-        return h.mean()
-    m = _pixel_mask(mask, h.shape).to(h.dtype)
-    return (h * m).sum() / m.sum().clamp_min(1.0)
+    return _masked_mean(h, mask)
