@@ -55,10 +55,7 @@ def main() -> None:
     src = load_prepared(splits.source, args.source, labels=True)
     tgt = load_prepared(splits.target, args.target, labels=False)   # images only
     patch = patch_size_for(src + tgt, seg.stride)
-    disc = A._alignment_discriminators(seg, cfg, dev)
-    opt = torch.optim.Adam(seg.parameters(), lr=cfg.lr, weight_decay=1e-5)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if len(disc) else None
-    teacher = copy.deepcopy(seg).eval().requires_grad_(False) if cfg.method == "bigl" and cfg.lambda_anchor else None
+    disc, teacher, opt, opt_d = A.alignment_setup(seg, cfg, dev)
     samp_s, samp_t = SliceSampler(src, cfg.tumour_fraction), SliceSampler(tgt, 0.0)
     print(json.dumps({"step": 0, "translate": dsc("translate"), "direct": dsc("direct")}), flush=True)
     for step in range(1, args.steps + 1):

@@ -396,6 +396,16 @@ def _output_pairs(outs: dict[str, Any], method: str) -> dict[str, tuple[torch.Te
     return {"out": (torch.softmax(lab.logits, 1), torch.softmax(outs["t"].logits, 1))}
 
 
+def alignment_setup(seg: DualAttentionUNet, cfg: AdaptConfig, device: torch.device):
+    """Stage-2 parts for ``seg``: (discriminators, frozen source-model teacher or None, Φ's and the
+    discriminators' optimisers). Call before Φ is trained: the teacher is a copy of ``seg`` as it is."""
+    disc = _alignment_discriminators(seg, cfg, device)
+    teacher = copy.deepcopy(seg).eval().requires_grad_(False) if cfg.method == "bigl" and cfg.lambda_anchor > 0 else None
+    opt_seg = torch.optim.Adam(seg.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if len(disc) else None
+    return disc, teacher, opt_seg, opt_d
+
+
 def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, xs, ys, xt,
                    g_s2t: Generator | None, g_t2s: Generator | None, cfg: AdaptConfig, ramp: float,
                    pseudo: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -582,12 +592,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
                         translator_s2t=g_s2t, inference=inference, **base)
         return AdaptResult(bundle, [], 0, [], time.perf_counter() - t0)
 
-    disc = _alignment_discriminators(seg, cfg, dev)
-    teacher = None
-    if cfg.method == "bigl" and cfg.lambda_anchor > 0:
-        teacher = copy.deepcopy(seg).eval().requires_grad_(False)
-    opt_seg = torch.optim.Adam(seg.parameters(), lr=cfg.lr, weight_decay=1e-5)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if len(disc) else None
+    disc, teacher, opt_seg, opt_d = alignment_setup(seg, cfg, dev)
     samp_s, samp_t = SliceSampler(src, cfg.tumour_fraction), SliceSampler(tgt, 0.0)
 
     def snapshot_bundle() -> Bundle:
