@@ -400,7 +400,9 @@ def alignment_setup(seg: DualAttentionUNet, cfg: AdaptConfig, device: torch.devi
     """Stage-2 parts for ``seg``: (discriminators, frozen source-model teacher or None, Φ's and the
     discriminators' optimisers). Call before Φ is trained: the teacher is a copy of ``seg`` as it is."""
     disc = _alignment_discriminators(seg, cfg, device)
-    teacher = copy.deepcopy(seg).eval().requires_grad_(False) if cfg.method == "bigl" and cfg.lambda_anchor > 0 else None
+    teacher = None
+    if cfg.method == "bigl" and cfg.lambda_anchor > 0:
+        teacher = copy.deepcopy(seg).eval().requires_grad_(False)
     opt_seg = torch.optim.Adam(seg.parameters(), lr=cfg.lr, weight_decay=1e-5)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if len(disc) else None
     return disc, teacher, opt_seg, opt_d
