@@ -123,6 +123,9 @@ class AdaptConfig:
     # to the frozen source model's softmax of x_t→s (Φ_0(x_t→s), the translate-only prediction).
     lambda_seg_s2t: float = 0.0
     lambda_anchor: float = 1.0
+    # 0: the anchor's teacher stays the frozen source model; m > 0: it follows Φ as an exponential moving
+    # average (teacher <- m·teacher + (1-m)·Φ after every Φ update), so the target improves as Φ(x_t→s) does.
+    anchor_ema: float = 0.0
     # How the adapted bundle segments: "direct" Φ(x_t) (the paper's protocol), "translate" Φ(G_t→s(x_t)),
     # "ensemble" the mean of both softmaxes — better than direct in every measurement (docs/results.md).
     # Methods without a translator always segment directly.
@@ -133,6 +136,8 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise BiglError(f"unknown adaptation method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not 0.0 <= self.anchor_ema < 1.0:
+            raise BiglError(f"anchor_ema must be in [0, 1), got {self.anchor_ema}")
         if self.inference not in ("direct", "translate", "ensemble"):
             raise BiglError(f"unknown inference mode {self.inference!r}; use direct, translate or ensemble")
 
@@ -458,6 +463,8 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
     opt_seg.zero_grad(set_to_none=True)
     loss.backward()
     opt_seg.step()
+    if teacher is not None and cfg.anchor_ema:
+        follow(teacher, seg, cfg.anchor_ema)
 
     if len(disc):
         disc.requires_grad_(True)
@@ -468,6 +475,15 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
         opt_d.step()
         terms["disc"] = loss_d
     return {k: float(v.detach()) for k, v in terms.items()}
+
+
+@torch.no_grad()
+def follow(teacher: nn.Module, model: nn.Module, momentum: float) -> None:
+    """EMA update: teacher parameters <- momentum·teacher + (1-momentum)·model; buffers (BatchNorm statistics) copied."""
+    for t, m in zip(teacher.parameters(), model.parameters(), strict=True):
+        t.lerp_(m, 1.0 - momentum)
+    for t, m in zip(teacher.buffers(), model.buffers(), strict=True):
+        t.copy_(m)
 
 
 def _split(out, i: int, sizes: list[int]):

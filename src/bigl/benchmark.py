@@ -14,14 +14,14 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bigl.adapt import AdaptConfig, adapt
-from bigl.checkpoint import Bundle, load_bundle, save_bundle
+from bigl.checkpoint import Bundle, jsonable, load_bundle, save_bundle
 from bigl.errors import BiglError
 from bigl.evaluate import REGION_ORDER, evaluate_dataset
 from bigl.infer import segment_volume
@@ -72,8 +72,14 @@ def split_dataset(cases: list[Case], seed: int, fractions: tuple[float, float] =
 def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str | Path, *,
                   seeds: tuple[int, ...] = (0,), rows: tuple[str, ...] | None = None,
                   train_config: TrainConfig | None = None, adapt_config: AdaptConfig | None = None,
-                  device: str = "auto", progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Run every row for every seed; write results.json, results.md and figure.png under ``out``."""
+                  device: str = "auto", progress: ProgressFn | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run every row for every seed; write results.json, results.md and figure.png under ``out``.
+
+    ``resume``: reuse what an earlier run left in ``out`` for the same data and
+    sequences — each seed's source model and stage-1 translator, when they were
+    trained on this seed's split with the same settings — and add the rows run
+    now to its results.json, replacing rows of the same name and seed.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cases = list_cases(data)
@@ -85,15 +91,20 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
     acfg = adapt_config or AdaptConfig()
     results: dict[str, Any] = {"data": str(data), "source": source_seq, "target": target_seq, "seeds": list(seeds),
                                "runs": []}
+    if resume and (out / "results.json").exists():
+        results = _previous_results(out / "results.json", results)
     t_start = time.perf_counter()
     for seed in seeds:
         splits = split_dataset(cases, seed)
         log.info("seed %d: %d source, %d target, %d test cases", seed, len(splits.source), len(splits.target),
                  len(splits.test))
         seed_dir = out / f"seed{seed}"
-        src = train(splits.source, source_seq, seed_dir / f"source_{source_seq}.safetensors",
-                    replace(tcfg, seed=seed), device=device, overwrite=True, progress=progress).bundle
-        translators = None
+        src_path = seed_dir / f"source_{source_seq}.safetensors"
+        src = _reusable_source(src_path, splits.source, replace(tcfg, seed=seed)) if resume else None
+        if src is None:
+            src = train(splits.source, source_seq, src_path, replace(tcfg, seed=seed), device=device, overwrite=True,
+                        progress=progress).bundle
+        translators = _reusable_translators(seed_dir, splits, replace(acfg, seed=seed)) if resume else None
         for key in rows:
             row, method, overrides = ROWS[key]
             t0 = time.perf_counter()
@@ -111,6 +122,7 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
                 extra = {"chosen_step": res.chosen_step,
                          "snapshots": _score_snapshots(bundle, res.snapshots, splits.test, target_seq, device)}
             seconds = time.perf_counter() - t0
+            results["runs"] = [r for r in results["runs"] if r["seed"] != seed or r["row"] not in (row, row + ENSEMBLE_SUFFIX)]
             # the paper's protocol: every method segments x_t directly, translate-only segments G_t→s(x_t)
             protocol = replace(bundle, inference="translate" if method == "translate" else "direct")
             result = evaluate_dataset(protocol, splits.test, target_seq, device=device)
@@ -131,6 +143,47 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "results.md").write_text(results_markdown(results))
     return results
+
+
+def _previous_results(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    try:
+        old = json.loads(path.read_text())
+        key = (old["data"], old["source"], old["target"])
+        old["runs"], old["seeds"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BiglError(f"{path}: cannot resume from it ({exc}); choose another --out") from exc
+    if key != (fresh["data"], fresh["source"], fresh["target"]):
+        raise BiglError(f"{path} holds {key[1]} → {key[2]} on {key[0]}, not {fresh['source']} → {fresh['target']} on "
+                        f"{fresh['data']}; resume only the same comparison, or choose another --out")
+    old["seeds"] = sorted(set(old["seeds"]) | set(fresh["seeds"]))
+    old.pop("seconds", None)
+    return old
+
+
+def _reusable_source(path: Path, cases: list[Case], cfg: TrainConfig) -> Bundle | None:
+    """The source model saved at ``path`` if it was trained on exactly ``cases`` with ``cfg``; else None."""
+    if not path.exists():
+        return None
+    prov = load_bundle(path).provenance
+    trained_on = set(prov.get("train_cases", [])) | set(prov.get("val_cases", []))
+    if trained_on != {c.case_id for c in cases} or prov.get("config") != jsonable(asdict(cfg)):
+        log.warning("%s was trained on other cases or settings; training the source model again", path)
+        return None
+    log.info("reusing source model %s", path)
+    return load_bundle(path)
+
+
+def _reusable_translators(seed_dir: Path, splits: Splits, cfg: AdaptConfig):
+    """(G_s→t, G_t→s) of a bundle in ``seed_dir`` adapted on this split with ``cfg``'s stage-1 settings; else None."""
+    want = ([c.case_id for c in splits.source], [c.case_id for c in splits.target], jsonable(asdict(cfg.translator)))
+    for path in sorted(seed_dir.glob("*.safetensors")):
+        bundle = load_bundle(path)
+        prov = bundle.provenance
+        if bundle.translator_t2s is not None and (prov.get("source_cases"), prov.get("target_cases"),
+                                                  prov.get("config", {}).get("translator")) == want:
+            log.info("reusing the stage-1 translator of %s", path)
+            return bundle.translator_s2t, bundle.translator_t2s
+    return None
 
 
 def _score_snapshots(bundle: Bundle, snapshots, test: list[Case], sequence: str, device) -> list[dict[str, float]]:

@@ -124,10 +124,14 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from bigl.adapt import AdaptConfig
     from bigl.benchmark import run_benchmark
 
+    if (Path(args.out) / "results.json").exists() and not (args.resume or args.overwrite):
+        raise BiglError(f"{args.out} already holds benchmark results; pass --resume to add rows to them (reusing "
+                        f"their source models and translators), --overwrite to start again, or choose another --out")
     tcfg = TrainConfig(**({"steps": args.train_steps} if args.train_steps else {}))
     acfg = AdaptConfig(**({"steps": args.steps} if args.steps else {}))
     results = run_benchmark(args.data, args.source, args.target, args.out, seeds=tuple(args.seeds),
-                            rows=tuple(args.methods) if args.methods else None, train_config=tcfg, adapt_config=acfg, device=args.device, progress=TextProgress())
+                            rows=tuple(args.methods) if args.methods else None, train_config=tcfg, adapt_config=acfg,
+                            device=args.device, progress=TextProgress(), resume=args.resume)
     print((Path(args.out) / "results.md").read_text())
     print(f"benchmark took {results['seconds']:.0f} s; wrote {args.out}/results.md, results.json, figure.png")
     return 0
@@ -225,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "bigl bigl-st bigl-paper target-only")
     p.add_argument("--steps", type=int, default=None, help="alignment steps per method")
     p.add_argument("--train-steps", type=int, default=None, help="supervised steps for source/target-only models")
-    _common(p, overwrite=False)
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the source models and stage-1 translators already in --out (same data, seeds and "
+                        "settings) and add the rows run now to its results")
+    _common(p)
     p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("merge-results", help="combine benchmark results.json files (e.g. seeds run apart) "

@@ -282,3 +282,22 @@ def test_anchor_and_translated_source_loss_are_switchable(tiny_bundle_path, spli
     adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, lambda_anchor=0.0, lambda_seg_s2t=1.0), device="cpu")
     terms, teacher = seen[-1]
     assert "anchor" not in terms and terms["seg_s2t"] > 0 and teacher is None
+
+
+def test_anchor_teacher_follows_the_segmenter_with_anchor_ema(tiny_bundle_path, split, monkeypatch):
+    import bigl.adapt as A
+
+    seen = []
+    real = A.alignment_step
+    monkeypatch.setattr(A, "alignment_step", lambda *args: seen.append(args[12]) or real(*args))
+    source = load_bundle(tiny_bundle_path)
+    before = {k: v.clone() for k, v in source.segmenter.state_dict().items()}
+    res = adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, anchor_ema=0.75), device="cpu")
+    teacher, after = seen[-1].state_dict(), res.bundle.segmenter.state_dict()
+    for name, _ in seen[-1].named_parameters():   # one step: teacher = 0.75 source + 0.25 adapted
+        torch.testing.assert_close(teacher[name], 0.75 * before[name] + 0.25 * after[name])
+    for name, _ in seen[-1].named_buffers():       # BatchNorm statistics are the segmenter's
+        assert torch.equal(teacher[name], after[name])
+    assert not torch.equal(teacher[name], before[name])
+    with pytest.raises(BiglError, match="anchor_ema"):
+        AdaptConfig(anchor_ema=1.0)

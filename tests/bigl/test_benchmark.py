@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -35,7 +37,7 @@ def test_markdown_table_and_gap():
     assert "BiGL: output + feature + attention: 86 %" in md   # (0.7 - 0.1) / (0.8 - 0.1)
 
 
-def test_tiny_benchmark_end_to_end(tmp_path):
+def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     write_dataset(tmp_path / "data", n_cases=6, seed=2, preset="tiny")
     tcfg = TrainConfig(steps=2, batch_size=2, val_every=2, segmenter=SegmenterConfig(widths=(8, 16, 32)))
     acfg = AdaptConfig(steps=2, batch_size=2, checkpoint_every=1, selection_volumes=1,
@@ -51,6 +53,24 @@ def test_tiny_benchmark_end_to_end(tmp_path):
     bigl_run = next(r for r in res["runs"] if r["row"] == ROWS["bigl"][0])
     assert {s["step"] for s in bigl_run["snapshots"]} == {1, 2}
     assert 0 <= np.mean([c["WT"]["dice"] for c in bigl_run["per_case"]]) <= 1
+
+    # --resume: the saved source model and translator are reused (nothing is trained again) and the
+    # rows run now replace those of the same name and seed; the others stay
+    def no_training(*a, **k):
+        raise AssertionError("resume trained again")
+
+    monkeypatch.setattr("bigl.benchmark.train", no_training)
+    monkeypatch.setattr("bigl.adapt.train_translator", no_training)
+    again = run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=("bigl",), train_config=tcfg,
+                          adapt_config=acfg, device="cpu", resume=True)
+    assert sorted(r["row"] for r in again["runs"]) == sorted(r["row"] for r in res["runs"])
+    assert again["runs"][-1]["row"] == names[2] + ENSEMBLE_SUFFIX
+    # other settings: the source model is not reused (training is attempted)
+    with pytest.raises(AssertionError, match="resume trained again"):
+        run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=("bigl",),
+                      train_config=replace(tcfg, steps=3), adapt_config=acfg, device="cpu", resume=True)
+    with pytest.raises(BiglError, match="t1 → t2 on"):
+        run_benchmark(tmp_path / "data", "t2", "t1", tmp_path / "out", rows=("bigl",), device="cpu", resume=True)
 
 
 def test_merge_results_averages_seeds_run_apart(tmp_path):

@@ -51,6 +51,15 @@ def test_segment_refuses_to_overwrite(tiny_dataset, tiny_bundle_path, tmp_path, 
     assert rc == 2 and "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep me"
 
 
+def test_benchmark_refuses_to_replace_results(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "res"
+    out.mkdir()
+    (out / "results.json").write_text("keep me")
+    rc = main(["benchmark", "--data", str(tiny_dataset), "--source", "t1", "--target", "t2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--resume" in err and "--overwrite" in err and (out / "results.json").read_text() == "keep me"
+
+
 def test_user_errors_print_a_message_not_a_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bigl", "segment", "--model", str(tmp_path / "missing.safetensors"),
                         "--input", "x.nii.gz", "--out", str(tmp_path / "o.nii.gz")], capture_output=True, text=True)
