@@ -126,6 +126,10 @@ class AdaptConfig:
     # 0: the anchor's teacher stays the frozen source model; m > 0: it follows Φ as an exponential moving
     # average (teacher <- m·teacher + (1-m)·Φ after every Φ update), so the target improves as Φ(x_t→s) does.
     anchor_ema: float = 0.0
+    # m > 0: snapshots, selection and the adapted bundle use an exponential moving average of Φ's weights
+    # (updated like the EMA teacher) instead of Φ itself — stage 2's test DSC swings by 5–10 points
+    # between snapshots 100 steps apart (docs/results.md). 0: Φ itself.
+    weight_ema: float = 0.0
     # How the adapted bundle segments: "direct" Φ(x_t) (the paper's protocol), "translate" Φ(G_t→s(x_t)),
     # "ensemble" the mean of both softmaxes — better than direct in every measurement (docs/results.md).
     # Methods without a translator always segment directly.
@@ -136,8 +140,9 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise BiglError(f"unknown adaptation method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not 0.0 <= self.anchor_ema < 1.0:
-            raise BiglError(f"anchor_ema must be in [0, 1), got {self.anchor_ema}")
+        for name in ("anchor_ema", "weight_ema"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise BiglError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.inference not in ("direct", "translate", "ensemble"):
             raise BiglError(f"unknown inference mode {self.inference!r}; use direct, translate or ensemble")
 
@@ -612,17 +617,19 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
 
     disc, teacher, opt_seg, opt_d = alignment_setup(seg, cfg, dev)
     samp_s, samp_t = SliceSampler(src, cfg.tumour_fraction), SliceSampler(tgt, 0.0)
+    # the model of record: Φ, or the moving average of its weights (cfg.weight_ema)
+    kept = copy.deepcopy(seg).eval().requires_grad_(False) if cfg.weight_ema else seg
 
     def snapshot_bundle() -> Bundle:
-        return Bundle(segmenter=copy.deepcopy(seg).eval(), patch_size=patch, provenance=provenance,
-                      translator_t2s=g_t2s, translator_s2t=g_s2t, inference=inference, **base)
+        return Bundle(segmenter=copy.deepcopy(kept).eval().requires_grad_(True), patch_size=patch,
+                      provenance=provenance, translator_t2s=g_t2s, translator_s2t=g_s2t, inference=inference, **base)
 
     snapshots: list[Snapshot] = []
     history: list[dict[str, float]] = []
 
     def take_snapshot(step: int, stage: str) -> None:
-        score = selection_score(seg, g_t2s, sel_vols, dev)
-        snapshots.append(Snapshot(step, stage, score, {k: v.detach().cpu().clone() for k, v in seg.state_dict().items()}))
+        score = selection_score(kept, g_t2s, sel_vols, dev)
+        snapshots.append(Snapshot(step, stage, score, {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}))
         history.append({"step": step, "selection_score": score})
         log.info("%s step %d: selection score %.4f", stage, step, score)
 
@@ -642,6 +649,8 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
             ramp = min(1.0, step / max(1.0, cfg.ramp_fraction * steps)) if pseudo is None else 1.0
             terms = alignment_step(seg, disc, opt_seg, opt_d, xs.to(dev), ys.to(dev), xt.to(dev), g_s2t, g_t2s,
                                    cfg, ramp, pseudo, teacher if pseudo is None else None)
+            if kept is not seg:
+                follow(kept, seg, cfg.weight_ema)
             report(step, **terms)
             if preview is not None and (step0 + step) % preview_every == 0:
                 preview(step0 + step, snapshot_bundle())
@@ -654,12 +663,13 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
             raise BiglError("self-training needs the translator (methods bigl or cycada)")
         for r in range(cfg.self_train_rounds):
             _load_best(seg, snapshots, cfg.select)
+            kept.load_state_dict(seg.state_dict())
             plabeled = pseudo_labels(seg, g_t2s, tgt, cfg.pseudo_threshold, dev)
             covered = float(np.mean([(v.target >= 0)[v.mask].mean() for v in plabeled]))
             log.info("self-training round %d: %.1f %% of target brain voxels pseudo-labelled", r + 1, 100 * covered)
             history.append({"step": cfg.steps + r * cfg.self_train_steps, "pseudo_coverage": covered})
             run(f"self-train {r + 1}", cfg.self_train_steps, plabeled, cfg.steps + r * cfg.self_train_steps)
-    chosen = _load_best(seg, snapshots, cfg.select)
+    chosen = _load_best(kept, snapshots, cfg.select)
     provenance |= {"steps": cfg.steps, "chosen_step": chosen, "selection": [
         {"step": s.step, "stage": s.stage, "score": s.score} for s in snapshots],
         "seconds": round(time.perf_counter() - t0, 1)}

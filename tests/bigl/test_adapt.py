@@ -301,3 +301,26 @@ def test_anchor_teacher_follows_the_segmenter_with_anchor_ema(tiny_bundle_path, 
     assert not torch.equal(teacher[name], before[name])
     with pytest.raises(BiglError, match="anchor_ema"):
         AdaptConfig(anchor_ema=1.0)
+
+
+def test_weight_ema_keeps_the_moving_average_of_the_segmenter(tiny_bundle_path, split, monkeypatch):
+    import bigl.adapt as A
+
+    trained = {}
+    real = A.alignment_step
+
+    def spy(*args):
+        terms = real(*args)
+        trained.update({k: v.clone() for k, v in args[0].state_dict().items()})
+        return terms
+
+    monkeypatch.setattr(A, "alignment_step", spy)
+    source = load_bundle(tiny_bundle_path)
+    before = {k: v.clone() for k, v in source.segmenter.state_dict().items()}
+    res = adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, weight_ema=0.75), device="cpu")
+    kept = res.bundle.segmenter
+    for name, p in kept.named_parameters():      # one step: kept = 0.75 source + 0.25 Φ
+        torch.testing.assert_close(p.detach(), 0.75 * before[name] + 0.25 * trained[name])
+        assert p.requires_grad
+    assert not torch.equal(next(kept.parameters()), trained[next(iter(dict(kept.named_parameters())))])
+    assert res.snapshots[-1].state.keys() == before.keys()
