@@ -145,17 +145,24 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
     return results
 
 
-def _previous_results(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+def _read_results(path: Path) -> tuple[dict[str, Any], tuple[str, str, str]]:
+    """A results.json written by `bigl benchmark` and its (data, source, target); BiglError naming the file if not."""
     try:
-        old = json.loads(path.read_text())
-        key = (old["data"], old["source"], old["target"])
-        old["runs"], old["seeds"]
+        part = json.loads(path.read_text())
+        key = (part["data"], part["source"], part["target"])
+        if not isinstance(part["runs"], list):
+            raise TypeError("runs is not a list")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BiglError(f"{path}: cannot resume from it ({exc}); choose another --out") from exc
+        raise BiglError(f"{path}: not a results.json written by `bigl benchmark` ({exc})") from exc
+    return part, key
+
+
+def _previous_results(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    old, key = _read_results(path)
     if key != (fresh["data"], fresh["source"], fresh["target"]):
         raise BiglError(f"{path} holds {key[1]} → {key[2]} on {key[0]}, not {fresh['source']} → {fresh['target']} on "
                         f"{fresh['data']}; resume only the same comparison, or choose another --out")
-    old["seeds"] = sorted(set(old["seeds"]) | set(fresh["seeds"]))
+    old["seeds"] = sorted(set(old.get("seeds", [])) | set(fresh["seeds"]))
     old.pop("seconds", None)
     return old
 
@@ -164,13 +171,14 @@ def _reusable_source(path: Path, cases: list[Case], cfg: TrainConfig) -> Bundle 
     """The source model saved at ``path`` if it was trained on exactly ``cases`` with ``cfg``; else None."""
     if not path.exists():
         return None
-    prov = load_bundle(path).provenance
+    bundle = load_bundle(path)
+    prov = bundle.provenance
     trained_on = set(prov.get("train_cases", [])) | set(prov.get("val_cases", []))
     if trained_on != {c.case_id for c in cases} or prov.get("config") != jsonable(asdict(cfg)):
         log.warning("%s was trained on other cases or settings; training the source model again", path)
         return None
     log.info("reusing source model %s", path)
-    return load_bundle(path)
+    return bundle
 
 
 def _reusable_translators(seed_dir: Path, splits: Splits, cfg: AdaptConfig):
@@ -265,12 +273,8 @@ def merge_results(paths: list[str | Path]) -> dict[str, Any]:
     merged: dict[str, Any] | None = None
     seen: set[tuple[str, int]] = set()
     for path in map(Path, paths):
-        try:
-            part = json.loads(path.read_text())
-            key = (part["data"], part["source"], part["target"])
-            runs = part["runs"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise BiglError(f"{path}: not a results.json written by `bigl benchmark` ({exc})") from exc
+        part, key = _read_results(path)
+        runs = part["runs"]
         if merged is None:
             merged = {"data": key[0], "source": key[1], "target": key[2], "seeds": [], "runs": [], "parts": []}
         elif key != (merged["data"], merged["source"], merged["target"]):
