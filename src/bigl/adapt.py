@@ -132,7 +132,7 @@ class AdaptConfig:
     weight_ema: float = 0.99
     # How the adapted bundle segments: "direct" Φ(x_t) (the paper's protocol), "translate" Φ(G_t→s(x_t)),
     # "ensemble" the mean of both softmaxes — better than direct in every measurement (docs/results.md).
-    # Methods without a translator always segment directly.
+    # Methods other than BiGL (and translate-only) always segment directly.
     inference: str = "ensemble"
     seed: int = 0
     translator: TranslatorTrainConfig = field(default_factory=TranslatorTrainConfig)
@@ -531,8 +531,8 @@ def prediction_agreement(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
 def selection_score(seg: DualAttentionUNet, g_t2s: Generator | None, vols: list[PreparedVolume], device) -> float:
     """Unsupervised score: agreement of Φ(x_t) and Φ(x_t→s) (:func:`prediction_agreement`); no target labels.
 
-    Without a translator (AdaptSegNet, source-only) the score is the negative mean
-    prediction entropy inside the brain instead.
+    Without ``g_t2s`` (AdaptSegNet, CyCADA: Φ is not trained on x_t→s) the score is
+    the negative mean prediction entropy inside the brain instead.
     """
     if g_t2s is None:
         scores = []
@@ -609,7 +609,10 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
         g_s2t, g_t2s = train_translator(src, tgt, patch, cfg.translator, rng, dev, progress, cancel,
                                         segmenter=seg)
     sel_vols = tgt[:cfg.selection_volumes]
-    inference = "translate" if cfg.method == "translate" else cfg.inference if g_t2s is not None else "direct"
+    # Only BiGL trains Φ on both x_t and x_t→s; CyCADA's Φ learns x_s→t and x_t, so its Φ(x_t→s) is no
+    # second opinion: it segments directly and is selected by entropy, like the methods without a translator.
+    two_views = g_t2s if cfg.method == "bigl" else None
+    inference = "translate" if cfg.method == "translate" else cfg.inference if two_views is not None else "direct"
     if cfg.method == "translate":
         bundle = Bundle(segmenter=seg.eval(), patch_size=patch, provenance=provenance, translator_t2s=g_t2s,
                         translator_s2t=g_s2t, inference=inference, **base)
@@ -628,7 +631,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     history: list[dict[str, float]] = []
 
     def take_snapshot(step: int, stage: str) -> None:
-        score = selection_score(kept, g_t2s, sel_vols, dev)
+        score = selection_score(kept, two_views, sel_vols, dev)
         snapshots.append(Snapshot(step, stage, score, {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}))
         history.append({"step": step, "selection_score": score})
         log.info("%s step %d: selection score %.4f", stage, step, score)

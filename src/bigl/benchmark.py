@@ -248,8 +248,8 @@ def results_markdown(results: dict[str, Any]) -> str:
                              f" ± {100 * a['average']['dice_seed_std']:.2f} across seeds)")
     sel = [r for r in results["runs"] if r.get("snapshots")]
     if sel:
-        lines += ["", "Unsupervised checkpoint selection (agreement of Φ(x_t) and Φ(x_t→s); negative entropy for methods without a "
-                  "translator; no target labels) "
+        lines += ["", "Unsupervised checkpoint selection (BiGL: agreement of Φ(x_t) and Φ(x_t→s); the other methods: "
+                  "negative entropy; no target labels) "
                   "vs the best snapshot by test labels (average DSC %):", "",
                   "| method | seed | chosen step | chosen | best (oracle) | last |", "|---|---|---|---|---|---|"]
         for r in sel:
