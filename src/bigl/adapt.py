@@ -639,8 +639,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
 
     def run(stage: str, steps: int, pseudo_vols: list[PreparedVolume] | None, step0: int) -> None:
         report = Reporter(stage, steps, progress, cancel)
-        # pseudo-labelled target slices are drawn like the labelled source ones (tumour_fraction)
-        pseudo_sampler = SliceSampler(pseudo_vols, cfg.tumour_fraction) if pseudo_vols else None
+        pseudo_sampler = SliceSampler(pseudo_vols, 0.0) if pseudo_vols else None
         for step in range(1, steps + 1):
             poly_lr(opt_seg, cfg.lr, step - 1, steps, cfg.lr_power)
             xs, ys = sample_batch(src, samp_s, patch, cfg.batch_size, rng, jitter=cfg.jitter, augment=True)
