@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from bigl import __version__
-from bigl._fs import atomic_path
+from bigl._fs import atomic_path, check_output
 from bigl.errors import BiglError
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
 from bigl.models.translator import Generator, TranslatorConfig
@@ -115,18 +115,34 @@ def _state(bundle: Bundle) -> dict[str, torch.Tensor]:
 
 def save_bundle(bundle: Bundle, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``bundle`` to ``path`` (a ``.safetensors`` file) atomically; refuse to replace a file unless ``overwrite``."""
-    path = Path(path)
-    if path.suffix != SUFFIX:
-        raise BiglError(f"{path}: a model bundle file must end in {SUFFIX} (e.g. {path.with_suffix(SUFFIX).name})")
-    if path.exists() and not overwrite:
-        raise BiglError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it, or choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
-                "document": json.dumps(bundle.document(), sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(_state(bundle), tmp, metadata=metadata)
+    path = check_output(path, suffix=SUFFIX, overwrite=overwrite, what="model bundle")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                    "document": json.dumps(bundle.document(), sort_keys=True)}
+        with atomic_path(path) as tmp:
+            save_file(_state(bundle), tmp, metadata=metadata)
+    except OSError as exc:
+        raise BiglError(f"{path} could not be written ({exc}); check free space and permissions") from exc
     bundle.path = path
     log.info("saved bundle %s", path)
+    return path
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """Where a run writes its best-so-far bundle for final ``path`` until it finishes: ``<stem>.partial.safetensors``.
+
+    A killed or cancelled run leaves only this name, so nothing at ``path``
+    looks finished; :func:`promote_partial` moves it to ``path`` at the end.
+    """
+    path = Path(path)
+    return path.with_name(path.stem + ".partial" + SUFFIX)
+
+
+def promote_partial(path: str | os.PathLike) -> Path:
+    """Atomically rename ``partial_path(path)`` to ``path`` (the run finished); return ``path``."""
+    path = Path(path)
+    os.replace(partial_path(path), path)
     return path
 
 
@@ -156,47 +172,55 @@ def read_document(path: str | os.PathLike) -> dict[str, Any]:
     try:
         version = int(meta.get("format_version", "0"))
         doc = json.loads(meta["document"])
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RecursionError) as exc:
         raise BiglError(f"{path}: the bundle's metadata is damaged ({exc}); re-create the bundle") from exc
     if version > FORMAT_VERSION:
         raise BiglError(f"{path}: bundle format {version} was written by a newer bigl (this is bigl {__version__}, "
                         f"format {FORMAT_VERSION}); upgrade bigl to load it")
+    try:
+        check_document(doc)
+    except BiglError as exc:
+        raise BiglError(f"{path}: {exc}; re-create the bundle with `bigl train` / `bigl adapt`") from exc
     return doc
 
 
 def load_bundle(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle (default: the bundled demo model) onto ``device``, in eval mode. Never unpickles."""
+    """Load a bundle (default: the bundled demo model) onto ``device``, in eval mode. Never unpickles.
+
+    Before any network is built, the document is validated and bounded
+    (:func:`check_document`) and the tensor names and shapes that its configs
+    imply are compared with the weights file's header (:func:`check_weights`),
+    so a hostile or damaged config cannot make bigl allocate more than the
+    file holds.
+    """
     path = _resolve(Path(path) if path is not None else DEMO_BUNDLE)
     doc = read_document(path)
     try:
+        header = tensor_header(path)
+        configs = part_configs(doc, header)
+        check_weights(configs, header)
         tensors = load_file(str(path), device="cpu")
-        segmenter = DualAttentionUNet(SegmenterConfig.from_dict(doc["segmenter"]))
-        _load_part(segmenter, tensors, "segmenter")
-        translators = {}
-        if doc.get("translator"):
-            tcfg = TranslatorConfig.from_dict(doc["translator"])
-            configs = {"translator_t2s": tcfg,
-                       "translator_s2t": TranslatorConfig.from_dict(doc["translator_s2t"])
-                       if doc.get("translator_s2t") else tcfg}
-            for name in ("translator_t2s", "translator_s2t"):
-                if any(k.startswith(name + ".") for k in tensors):
-                    translators[name] = Generator(configs[name])
-                    _load_part(translators[name], tensors, name)
+        parts: dict[str, torch.nn.Module] = {}
+        for name, cfg in configs.items():
+            parts[name] = (DualAttentionUNet if name == "segmenter" else Generator)(cfg)
+            _load_part(parts[name], tensors, name)
     except BiglError as exc:
         raise BiglError(f"{path}: {exc}") from exc
-    except (KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, OSError) as exc:
         raise BiglError(f"{path}: the bundle's weights do not match its config ({exc}); re-create the bundle") from exc
-    if doc.get("inference", "direct") != "direct" and "translator_t2s" not in translators:
+    if doc.get("inference", "direct") != "direct" and "translator_t2s" not in parts:
         raise BiglError(f"{path}: the bundle asks for '{doc['inference']}' inference but holds no translator; "
                         "re-create it with `bigl adapt`")
+    if path.name.endswith(".partial" + SUFFIX):
+        log.warning("%s is the best-so-far snapshot of a run that did not finish", path)
     bundle = Bundle(
-        segmenter=segmenter,
+        segmenter=parts["segmenter"],
         sequences=tuple(doc["sequences"]),
         patch_size=tuple(doc["patch_size"]) if doc.get("patch_size") else None,
-        normalization=doc.get("normalization", {}),
-        provenance=doc.get("provenance", {}),
-        translator_t2s=translators.get("translator_t2s"),
-        translator_s2t=translators.get("translator_s2t"),
+        normalization=doc.get("normalization") or {},
+        provenance=doc.get("provenance") or {},
+        translator_t2s=parts.get("translator_t2s"),
+        translator_s2t=parts.get("translator_s2t"),
         source_sequence=doc.get("source_sequence"),
         inference=doc.get("inference", "direct"),
         path=path,
@@ -205,6 +229,117 @@ def load_bundle(path: str | os.PathLike | None = None, *, device: str | torch.de
         if module is not None:
             module.to(device).eval()
     return bundle
+
+
+# --------------------------------------------------------------------------- validation before allocation
+
+INFERENCE_MODES = ("direct", "translate", "ensemble")
+MAX_PARAMETERS = 100_000_000    # 400 MB of float32; the demo segmenter has ~0.5 M, a translator a few M
+MAX_PATCH = 4096                # pixels per side of the training window
+# Inclusive bounds on architecture fields, checked before any network is built (even on the meta device).
+SEGMENTER_BOUNDS = {"in_channels": (1, 64), "num_classes": (2, 16), "attention_reduction": (1, 1024)}
+SEGMENTER_WIDTH, SEGMENTER_LEVELS = (1, 1024), (1, 8)
+TRANSLATOR_BOUNDS = {"channels": (1, 64), "cond_channels": (0, 64), "width": (1, 512), "n_res_blocks": (0, 64),
+                     "n_down": (0, 6), "kernel": (1, 31)}
+_PARTS = ("segmenter", "translator_t2s", "translator_s2t")
+
+
+def _bounded(cfg: Any, bounds: dict[str, tuple[int, int]], where: str) -> None:
+    for name, (lo, hi) in bounds.items():
+        value = getattr(cfg, name)
+        if not lo <= value <= hi:
+            raise BiglError(f"{where}.{name} = {value} is outside the supported range {lo}..{hi}")
+
+
+def _sequence_list(value: Any, key: str) -> list[str]:
+    from bigl.io import SEQUENCES
+
+    ok = (isinstance(value, list) and 1 <= len(value) <= len(SEQUENCES) and len(set(map(str, value))) == len(value)
+          and all(isinstance(v, str) and v in SEQUENCES for v in value))
+    if not ok:
+        raise BiglError(f"the document's '{key}' must be a list of 1-{len(SEQUENCES)} distinct sequences from "
+                        f"{list(SEQUENCES)}, got {value!r:.80}")
+    return value
+
+
+def check_document(doc: Any) -> None:
+    """Validate a bundle document's types and bounds (no weights read, nothing allocated); raise BiglError."""
+    if not isinstance(doc, dict):
+        raise BiglError(f"the bundle document must be a JSON object, got {type(doc).__name__}")
+    for key in ("segmenter", "sequences"):
+        if key not in doc:
+            raise BiglError(f"the bundle document has no '{key}' entry")
+    _sequence_list(doc["sequences"], "sequences")
+    if doc.get("source_sequence") is not None:
+        _sequence_list([doc["source_sequence"]], "source_sequence")
+    patch = doc.get("patch_size")
+    if patch is not None and not (isinstance(patch, list) and len(patch) == 2
+                                  and all(type(v) is int and 1 <= v <= MAX_PATCH for v in patch)):
+        raise BiglError(f"the document's 'patch_size' must be null or two ints in 1..{MAX_PATCH}, got {patch!r:.80}")
+    if doc.get("inference", "direct") not in INFERENCE_MODES:
+        raise BiglError(f"the document's 'inference' must be one of {INFERENCE_MODES}, got {doc['inference']!r:.80}")
+    for key in ("normalization", "provenance", "labels"):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise BiglError(f"the document's '{key}' must be a JSON object, got {type(doc[key]).__name__}")
+    seg = SegmenterConfig.from_dict(doc["segmenter"])
+    _bounded(seg, SEGMENTER_BOUNDS, "segmenter")
+    lo, hi = SEGMENTER_WIDTH
+    if not (SEGMENTER_LEVELS[0] <= len(seg.widths) <= SEGMENTER_LEVELS[1] and all(lo <= w <= hi for w in seg.widths)):
+        raise BiglError(f"segmenter.widths {list(seg.widths)!r:.80} is outside the supported range "
+                        f"({SEGMENTER_LEVELS[0]}-{SEGMENTER_LEVELS[1]} levels of {lo}..{hi} channels)")
+    for key in ("translator", "translator_s2t"):
+        if doc.get(key) is not None:
+            _bounded(TranslatorConfig.from_dict(doc[key]), TRANSLATOR_BOUNDS, key)
+
+
+def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of every tensor in a safetensors file, from its header only."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: (str(f.get_slice(k).get_dtype()), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BiglError(f"the weights header is unreadable ({exc}); re-create the bundle") from exc
+
+
+def part_configs(doc: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
+    """The config of each network the bundle holds (translators only where the header has their tensors)."""
+    configs: dict[str, Any] = {"segmenter": SegmenterConfig.from_dict(doc["segmenter"])}
+    present = {k.split(".", 1)[0] for k in header}
+    unknown = sorted(present - set(_PARTS))
+    if unknown:
+        raise BiglError(f"the weights hold tensors of unknown parts {unknown[:3]}; this is not a bundle bigl wrote")
+    if doc.get("translator"):
+        t2s = TranslatorConfig.from_dict(doc["translator"])
+        s2t = TranslatorConfig.from_dict(doc["translator_s2t"]) if doc.get("translator_s2t") else t2s
+        configs |= {name: cfg for name, cfg in (("translator_t2s", t2s), ("translator_s2t", s2t)) if name in present}
+    elif present - {"segmenter"}:
+        raise BiglError("the weights hold translator tensors but the document describes no translator")
+    return configs
+
+
+def check_weights(configs: dict[str, Any], header: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+    """Compare the tensors the configs imply (built on the meta device: no memory) with the weights' header.
+
+    Raises BiglError on a parameter count above :data:`MAX_PARAMETERS`, a
+    missing or unexpected tensor, or a shape that differs.
+    """
+    for name, cfg in configs.items():
+        with torch.device("meta"):
+            module = (DualAttentionUNet if name == "segmenter" else Generator)(cfg)
+        n_params = sum(p.numel() for p in module.parameters())
+        if n_params > MAX_PARAMETERS:
+            raise BiglError(f"the {name} config implies {n_params:,} parameters, above the cap of "
+                            f"{MAX_PARAMETERS:,}")
+        expected = {f"{name}.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
+        stored = {k: shape for k, (_, shape) in header.items() if k.startswith(name + ".")}
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        wrong = [k for k in expected if k in stored and stored[k] != expected[k]]
+        if missing or extra or wrong:
+            detail = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra else
+                      f"{wrong[0]} is {list(stored[wrong[0]])} in the file but {list(expected[wrong[0]])} "
+                      "by the config")
+            raise BiglError(f"the bundle's weights do not match its {name} config ({detail}; the config implies "
+                            f"{n_params:,} parameters); re-create the bundle")
 
 
 def _load_part(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> None:

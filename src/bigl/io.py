@@ -34,6 +34,7 @@ import os
 import re
 
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt_mod
 
-from bigl._fs import atomic_path
+from bigl._fs import atomic_path, check_distinct, check_output
 from bigl.errors import BiglError
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,16 @@ _NAMING: dict[str, dict[str, str]] = {
     "brats2023": {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"},
 }
 _LABEL_MAPS: dict[str, dict[int, int] | None] = {"brats2021": None, "brats2023": {3: 4}}
+# BraTS 2024 post-treatment files use 2023 names with 4 = resection cavity (RC), not enhancing tumour.
+# load_labels(cavity=...) decides: "error" (default) refuses such a file, "background" maps RC to 0.
+CAVITY_CHOICES = ("error", "background")
+_CAVITY = -1  # label-map target meaning "this value is a resection cavity: refuse"
+
+# Documented caps, checked against the header before any voxel is read (nothing is allocated from a size a
+# file merely claims). 512^3 voxels is a 0.5 mm whole-head volume; BraTS volumes have 240*240*155 = 8.9 M.
+MAX_VOXELS = 512**3
+# deflate cannot compress better than ~1032:1, so a .nii.gz of n bytes holds at most this many times n.
+_MAX_GZIP_RATIO = 1032
 
 # Errors nibabel / gzip / zlib raise for a file that is not a (complete) NIfTI.
 _LOAD_ERRORS = (
@@ -69,6 +80,10 @@ _LOAD_ERRORS = (
     EOFError,
     zlib.error,
     ValueError,
+    TypeError,
+    IndexError,
+    OverflowError,
+    MemoryError,
 )
 
 
@@ -161,6 +176,7 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
         ) from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise BiglError(f"{path} is a {type(img).__name__}, not a NIfTI image; convert it to .nii.gz.")
+    _check_header_size(img, path)
     try:
         # nibabel reads voxels lazily: truncation only shows up here.
         data = np.asanyarray(img.dataobj)
@@ -170,6 +186,42 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
             "corrupt (an interrupted copy or download); re-export or re-download it."
         ) from exc
     return data, np.asarray(img.affine, dtype=np.float64), img.header
+
+
+def _check_header_size(img: nib.Nifti1Image, path: Path) -> None:
+    """Refuse a header whose shape is not one 3D volume, exceeds :data:`MAX_VOXELS` or exceeds what the file holds.
+
+    Runs before any voxel is read, so a corrupt or hostile header cannot make bigl allocate memory.
+    """
+    try:
+        shape = tuple(int(s) for s in img.shape)
+        itemsize = int(img.get_data_dtype().itemsize)
+        offset = int(img.header.get_data_offset())
+    except _LOAD_ERRORS as exc:
+        raise BiglError(f"{path} has a corrupt NIfTI header ({exc}); re-export or re-download it.") from exc
+    dims = shape
+    while len(dims) > 3 and dims[-1] == 1:
+        dims = dims[:-1]
+    if len(dims) != 3 or min(dims) < 1:
+        fix = ("split the series into one 3D file per sequence" if len(dims) > 3
+               else "bigl needs a 3D volume; export the whole series, not one slice")
+        raise BiglError(f"{path} is a {len(dims)}D image (shape {shape}); expected one 3D volume. Fix: {fix}.")
+    n_vox = int(np.prod(shape, dtype=object))
+    if n_vox > MAX_VOXELS:
+        raise BiglError(
+            f"{path}: its header claims {shape} = {n_vox:,} voxels, more than bigl reads ({MAX_VOXELS:,}, "
+            "a 0.5 mm whole-head volume). The header is corrupt, or the volume must be cropped or resampled "
+            "(e.g. to 1 mm) first."
+        )
+    claimed = offset + n_vox * itemsize
+    size = path.stat().st_size
+    gz = path.name.lower().endswith(".gz")
+    if claimed > (size * _MAX_GZIP_RATIO if gz else size):
+        raise BiglError(
+            f"{path}: its header claims {shape} voxels ({claimed:,} bytes) but the file is {size:,} bytes"
+            f"{', more than gzip can expand' if gz else ''}. The file is truncated or its header is corrupt; "
+            "re-export or re-download it."
+        )
 
 
 def _validate_grid(data: np.ndarray, affine: np.ndarray, path: Path) -> np.ndarray:
@@ -212,6 +264,7 @@ def read_nifti(
     if label:
         data = _validate_labels(raw, path, label_map)
     else:
+        _check_range(raw, header, path)
         data = np.asarray(raw, dtype=np.float32)
         bad = ~np.isfinite(data)
         if bad.any():
@@ -237,6 +290,24 @@ def read_nifti(
     )
 
 
+def _check_range(raw: np.ndarray, header: nib.Nifti1Header, path: Path) -> None:
+    """Blame the header's scale factor, not the voxels, when scaled integers do not fit float32."""
+    limit = float(np.finfo(np.float32).max)
+    if not np.issubdtype(raw.dtype, np.floating) or np.all(np.abs(raw) <= limit):
+        return
+    stored = header.get_data_dtype()
+    if np.issubdtype(stored, np.integer):
+        slope, inter = (float(header[k]) for k in ("scl_slope", "scl_inter"))
+        raise BiglError(
+            f"{path}: its {stored} voxels times the header's scale factor (scl_slope={slope:g}, scl_inter={inter:g}) "
+            "overflow 32-bit floats; the scale factor is corrupt. Fix the header (e.g. scl_slope=1, scl_inter=0) "
+            "or re-export the image."
+        )
+    if np.all(np.isfinite(raw)):
+        raise BiglError(f"{path}: voxel values up to {float(np.abs(raw).max()):g} exceed the 32-bit float range; "
+                        "rescale the image before using it.")
+
+
 def _validate_labels(raw: np.ndarray, path: Path, label_map: dict[int, int] | None) -> np.ndarray:
     values = np.unique(raw)
     if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
@@ -246,6 +317,14 @@ def _validate_labels(raw: np.ndarray, path: Path, label_map: dict[int, int] | No
             f"labels {LABEL_VALUES}. Did you pass an image as the label file?"
         )
     mapping = dict(label_map or {})
+    cavity = [int(v) for v in values if mapping.get(int(v)) == _CAVITY]
+    if cavity:
+        raise BiglError(
+            f"{path} uses BraTS 2023+ names (enhancing tumour = 3) but holds label {cavity[0]}: in BraTS 2024 "
+            "post-treatment data that is the resection cavity, not tumour. bigl will not count it as enhancing "
+            "tumour; pass --resection-cavity background (load_labels(cavity='background')) to map it to "
+            "background, or relabel the file."
+        )
     bad = [int(v) for v in values if mapping.get(int(v), int(v)) not in LABEL_VALUES]
     if bad:
         allowed = sorted(v for v in set(LABEL_VALUES) | set(mapping) if mapping.get(v, v) in LABEL_VALUES)
@@ -258,7 +337,8 @@ def _validate_labels(raw: np.ndarray, path: Path, label_map: dict[int, int] | No
     out = np.asarray(raw).astype(np.int64)
     result = out.astype(np.uint8)
     for src, dst in mapping.items():
-        result[out == src] = dst
+        if dst != _CAVITY:  # a cavity value present was refused above
+            result[out == src] = dst
     return result
 
 
@@ -278,26 +358,36 @@ def _output_dtype(data: np.ndarray) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _atomic_save(img: nib.Nifti1Image, path: Path, overwrite: bool) -> Path:
-    stem = _strip_nifti_suffix(path.name)
-    if stem is None:
-        raise BiglError(f"{path}: output name must end in .nii or .nii.gz; pick e.g. {path.name}.nii.gz.")
-    if path.is_dir():
-        raise BiglError(f"{path} is a folder; give an output file name ending in .nii.gz.")
-    if path.exists() and not overwrite:
-        raise BiglError(f"{path} already exists; pass --overwrite (overwrite=True) or pick another path.")
+NIFTI_OUTPUT = (".nii.gz", ".nii")  # suffixes check_output accepts for a NIfTI output
+
+
+def write_many(
+    items: list[tuple[np.ndarray, str | os.PathLike]],
+    reference: Volume,
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write several arrays on ``reference``'s grid (see :func:`write_like`), all or none.
+
+    Every path is checked and every image built before the first byte is
+    written; all files are written to temporary files and renamed into place
+    together, so a failure leaves none of them (``bigl segment --out a
+    --attention b``: a bad ``b`` never leaves ``a`` behind).
+    """
+    paths = [check_output(p, suffix=NIFTI_OUTPUT, overwrite=overwrite, what="NIfTI output") for _, p in items]
+    check_distinct(paths)
+    images = [_nifti_like(data, reference, path) for (data, _), path in zip(items, paths)]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as stack:
+            for img, path in zip(images, paths):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = stack.enter_context(atomic_path(path, path.name[len(_strip_nifti_suffix(path.name)):]))
+                nib.save(img, tmp)  # the suffix keeps .nii vs .nii.gz so nibabel compresses the same way
     except OSError as exc:
-        raise BiglError(f"{path}: cannot create folder {path.parent} ({exc}); pick a writable path.") from exc
-    suffix = path.name[len(stem) :]  # keeps .nii vs .nii.gz so nibabel compresses the same way
-    try:
-        with atomic_path(path, suffix) as tmp:
-            nib.save(img, tmp)
-    except OSError as exc:
-        raise BiglError(f"{path} could not be written ({exc}); check free space and permissions.") from exc
-    logger.debug("wrote %s", path)
-    return path
+        raise BiglError(f"{', '.join(map(str, paths))} could not be written ({exc}); "
+                        "check free space and permissions.") from exc
+    logger.debug("wrote %s", paths)
+    return paths
 
 
 def write_like(
@@ -316,7 +406,10 @@ def write_like(
     (int64 shrinks to the smallest that fits), floats become ``float32``. The write is
     atomic and refuses to replace an existing file unless ``overwrite=True``.
     """
-    path = Path(path)
+    return write_many([(data, path)], reference, overwrite=overwrite)[0]
+
+
+def _nifti_like(data: np.ndarray, reference: Volume, path: Path) -> nib.Nifti1Image:
     data = np.asarray(data)
     grid = reference.data.shape
     if data.shape == grid:
@@ -342,7 +435,7 @@ def write_like(
         img.header.set_xyzt_units("mm", "sec")
         img.set_qform(reference.affine, code=1)
         img.set_sform(reference.affine, code=1)
-    return _atomic_save(img, path, overwrite)
+    return img
 
 
 def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
@@ -475,15 +568,23 @@ def list_cases(dataset_dir: str | os.PathLike) -> list[Case]:
         raise BiglError(f"{dataset_dir}: no such dataset folder. Check the path.")
     if not dataset_dir.is_dir():
         raise BiglError(f"{dataset_dir} is not a folder; pass a dataset folder holding one folder per case.")
-    cases = []
+    cases, unnamed = [], []
     for sub in sorted(p for p in dataset_dir.iterdir() if p.is_dir()):
         try:
             cases.append(find_case(sub))
         except BiglError as exc:
             if not any(_match_case_file(p.name) for p in sub.iterdir() if p.is_file()):
-                logger.info("skipping %s: no BraTS files", sub)
+                niftis = [p for p in sub.iterdir() if p.is_file() and _strip_nifti_suffix(p.name)]
+                (unnamed.append(sub) if niftis else logger.info("skipping %s: no NIfTI files", sub))
                 continue
             raise exc
+    if unnamed:
+        # a warning, not an info line: an evaluation would otherwise count fewer cases without a word
+        logger.warning(
+            "%s: skipping %d folder(s) whose NIfTI files have unrecognised names (%s); rename the files "
+            "<id>_t1.nii.gz, _t1ce, _t2, _flair, _seg (BraTS 2019-2021) or <id>-t1n, -t1c, -t2w, -t2f, -seg "
+            "(BraTS 2023+) to include them", dataset_dir, len(unnamed),
+            ", ".join(p.name for p in unnamed[:5]) + (" ..." if len(unnamed) > 5 else ""))
     if not cases:
         hint = ""
         if any(_match_case_file(p.name) for p in dataset_dir.iterdir() if p.is_file()):
@@ -536,17 +637,27 @@ def _check_same_grid(a: Volume, b: Volume) -> None:
         )
 
 
-def load_labels(case: Case) -> Volume:
-    """Read the case's segmentation (BraTS 2023 ET 3 -> 4), checked against its images' grid."""
+def load_labels(case: Case, *, cavity: str = "error") -> Volume:
+    """Read the case's segmentation (BraTS 2023 ET 3 -> 4), checked against the grid of every image of the case.
+
+    ``cavity`` says what a 4 in a BraTS 2023-named file (the BraTS 2024 resection
+    cavity) becomes: ``"error"`` refuses the file, ``"background"`` maps it to 0
+    so that it counts in no region.
+    """
     if "seg" not in case.files:
         raise BiglError(
             f"case {case.case_id} ({case.path}) has no segmentation (expected {_expected_names('seg')}); "
             "labels are needed for training/evaluation."
         )
-    labels = read_nifti(case.files["seg"], label=True, label_map=_LABEL_MAPS[case.naming])
-    if case.sequences:
+    if cavity not in CAVITY_CHOICES:
+        raise BiglError(f"unknown resection-cavity handling {cavity!r}; choose from {', '.join(CAVITY_CHOICES)}.")
+    label_map = _LABEL_MAPS[case.naming]
+    if case.naming == "brats2023":
+        label_map = {**(label_map or {}), 4: _CAVITY if cavity == "error" else 0}
+    labels = read_nifti(case.files["seg"], label=True, label_map=label_map)
+    for sequence in case.sequences:  # every image, not only the first: training may read any of them
         # Header only: nibabel does not read voxels for .shape/.affine.
-        ref_path = case.files[case.sequences[0]]
+        ref_path = case.files[sequence]
         try:
             ref = nib.load(str(ref_path))
             ref_shape = tuple(int(s) for s in ref.shape)
@@ -556,9 +667,12 @@ def load_labels(case: Case) -> Volume:
         while len(ref_shape) > 3 and ref_shape[-1] == 1:
             ref_shape = ref_shape[:-1]
         if ref_shape != labels._file_shape or not np.allclose(ref_affine, labels.affine, atol=1e-3):
+            shift = (f", origins {np.linalg.norm(ref_affine[:3, 3] - labels.affine[:3, 3]):.1f} mm apart"
+                     if ref_shape == labels._file_shape else "")
             raise BiglError(
                 f"{labels.path} is not on the grid of {ref_path} (shape {labels._file_shape} vs {ref_shape}, "
-                "or different affines); the segmentation must match the images' grid."
+                f"or different affines{shift}); the segmentation must match every image's grid. "
+                "Register/resample the image onto the segmentation's grid, or remove the case."
             )
     return labels
 
