@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 import time
+import warnings
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +18,39 @@ from bigl.io import SEQUENCES
 from bigl.train import TrainConfig
 
 TRAIN_DEFAULTS = TrainConfig()
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--steps 0`` would fail deep inside training otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _bundle_outputs(*paths: str, overwrite: bool) -> None:
+    """Check bundle outputs before any work and clear temporary files that a killed earlier run left."""
+    from bigl._fs import check_distinct, check_output, clean_stale_temps
+    from bigl.checkpoint import SUFFIX, partial_path
+
+    for p in paths:
+        check_output(p, suffix=SUFFIX, overwrite=overwrite, what="model bundle")
+        for q in (p, partial_path(p)):
+            clean_stale_temps(q)
+    check_distinct([Path(p) for p in paths])
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -52,11 +87,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from bigl.models.segmenter import SegmenterConfig
     from bigl.train import train
 
+    out = Path(args.out)
+    _bundle_outputs(out, out.with_name(out.stem + ".last.safetensors"), overwrite=args.overwrite)
+    aug = replace(TRAIN_DEFAULTS.augmentation,
+                  contrast_method=args.contrast_method if args.augment == "contrast" else "none")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      val_every=args.val_every, segmenter=SegmenterConfig(attention=not args.no_attention))
+                      val_every=args.val_every, augment=args.augment != "none", augmentation=aug,
+                      segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices))
     result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
                    progress=TextProgress())
-    print(f"trained {args.modality} segmenter in {result.seconds:.0f} s; best validation mean Dice "
+    print(f"trained {'+'.join(args.modality)} segmenter in {result.seconds:.0f} s; best validation mean Dice "
           f"{100 * result.best_dice:.1f} %")
     print(f"best bundle: {result.best_path}\nlast bundle: {result.last_path}")
     return 0
@@ -65,21 +105,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from bigl.checkpoint import load_bundle
     from bigl.infer import segment_volume
-    from bigl.io import read_input, write_like
+    from bigl._fs import check_distinct, check_output
+    from bigl.io import NIFTI_OUTPUT, read_input, write_many
 
     outputs = [Path(p) for p in (args.out, args.attention, args.probabilities) if p]
     for p in outputs:
-        if p.exists() and not args.overwrite:
-            raise BiglError(f"{p} already exists; pass --overwrite to replace it or choose another path")
+        check_output(p, suffix=NIFTI_OUTPUT, overwrite=args.overwrite, what="NIfTI output")
+    check_distinct([Path(args.input)] + outputs)
     bundle = load_bundle(args.model)
     volume, sequence = read_input(args.input, args.modality)
     t0 = time.perf_counter()
     seg = segment_volume(bundle, volume, sequence=sequence, device=args.device, progress=TextProgress())
-    write_like(seg.labels, volume, args.out, overwrite=args.overwrite)
-    if args.attention:
-        write_like(seg.attention, volume, args.attention, overwrite=args.overwrite)
-    if args.probabilities:
-        write_like(seg.probabilities, volume, args.probabilities, overwrite=args.overwrite)
+    arrays = [seg.labels] + [a for a, p in ((seg.attention, args.attention), (seg.probabilities, args.probabilities))
+                             if p]
+    write_many(list(zip(arrays, outputs)), volume, overwrite=args.overwrite)  # all or none
     vols = ", ".join(f"{k} {v:.1f} ml" for k, v in seg.volumes_ml.items())
     print(f"segmented {volume.path} ({sequence or 'sequence unknown'}) in {time.perf_counter() - t0:.1f} s: {vols}")
     print(f"wrote {', '.join(str(p) for p in outputs)}")
@@ -88,14 +127,18 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from bigl.checkpoint import load_bundle
+    from bigl._fs import check_output
     from bigl.evaluate import evaluate_dataset, format_table, write_json
 
+    if args.json:
+        check_output(args.json, suffix=".json", overwrite=args.overwrite, what="results file")
     bundle = load_bundle(args.model)
-    result = evaluate_dataset(bundle, args.data, args.modality, device=args.device, progress=TextProgress())
-    print(format_table(result["summary"], f"{args.model} on {args.data} ({args.modality}, "
+    result = evaluate_dataset(bundle, args.data, args.modality, device=args.device, progress=TextProgress(),
+                              cavity=args.resection_cavity)
+    print(format_table(result["summary"], f"{bundle.path} on {args.data} ({args.modality}, "
                                           f"{len(result['per_case'])} cases)"))
     if args.json:
-        print(f"wrote {write_json(result, args.json)}")
+        print(f"wrote {write_json(result, args.json, overwrite=args.overwrite)}")
     return 0
 
 
@@ -104,8 +147,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     from bigl.checkpoint import load_bundle, save_bundle
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise BiglError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    _bundle_outputs(out, overwrite=args.overwrite)
     cfg = AdaptConfig(method=args.method, self_train=args.self_train, seed=args.seed,
                       **({"steps": args.steps} if args.steps is not None else {}))
     source = load_bundle(args.model)
@@ -169,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantom", help="generate synthetic BraTS-layout brain-tumour cases")
     p.add_argument("--out", required=True, help="dataset folder to write case folders into")
-    p.add_argument("--n-cases", type=int, default=6)
+    p.add_argument("--n-cases", type=_positive_int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="small", help="size preset: tiny | small | brats")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
@@ -177,12 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a segmenter with labels on one sequence")
     p.add_argument("--data", required=True, help="BraTS-layout dataset folder (case folders with seg files)")
-    p.add_argument("--modality", required=True, choices=SEQUENCES, help="input sequence to train on")
+    p.add_argument("--modality", required=True, nargs="+", choices=SEQUENCES, metavar="SEQ",
+                   help="input sequence(s) to train on, e.g. t1, or t1 t1ce t2 flair for a multi-sequence model "
+                        "(channel order as given, recorded in the bundle)")
     p.add_argument("--out", required=True, help="bundle to write (best model), e.g. model_t1.safetensors")
-    p.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)
-    p.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
-    p.add_argument("--lr", type=float, default=TRAIN_DEFAULTS.lr)
-    p.add_argument("--val-every", type=int, default=TRAIN_DEFAULTS.val_every)
+    p.add_argument("--augment", default="standard", choices=("standard", "contrast", "none"),
+                   help="on-the-fly augmentation: standard (spatial + intensity, nnU-Net kind), contrast (also "
+                        "random contrast maps: robust to unseen sequences without target images), none")
+    p.add_argument("--contrast-method", default=TRAIN_DEFAULTS.augmentation.contrast_method
+                   if TRAIN_DEFAULTS.augmentation.contrast_method != "none" else "gin", choices=("gin", "remap"),
+                   help="contrast randomisation of --augment contrast: gin (random shallow conv nets) or remap "
+                        "(random intensity curves)")
+    p.add_argument("--context-slices", type=int, default=TRAIN_DEFAULTS.segmenter.context_slices,
+                   help="2.5D input: neighbouring slices on each side as extra channels")
+    p.add_argument("--steps", type=_positive_int, default=TRAIN_DEFAULTS.steps)
+    p.add_argument("--batch-size", type=_positive_int, default=TRAIN_DEFAULTS.batch_size)
+    p.add_argument("--lr", type=_positive_float, default=TRAIN_DEFAULTS.lr)
+    p.add_argument("--val-every", type=_positive_int, default=TRAIN_DEFAULTS.val_every)
     p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
     _common(p, seed=True)
     p.set_defaults(func=_cmd_train)
@@ -202,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="BraTS-layout dataset folder with seg files")
     p.add_argument("--modality", required=True, choices=SEQUENCES)
     p.add_argument("--json", help="write per-case and summary results to this JSON file")
-    _common(p, overwrite=False)
+    p.add_argument("--resection-cavity", choices=("error", "background"), default="error",
+                   help="label 4 in a BraTS 2023-named seg file (BraTS 2024 resection cavity): refuse the file "
+                        "(default) or count it as background, in no region")
+    _common(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("adapt", help="adapt a model to an unlabelled target sequence (BiGL or a baseline)")
@@ -214,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="adapted bundle to write (.safetensors)")
     p.add_argument("--method", default="bigl", choices=("bigl", "adaptseg", "translate", "cycada", "source-only"))
     p.add_argument("--self-train", action="store_true", help="add pseudo-label self-training after alignment")
-    p.add_argument("--steps", type=int, default=None, help="alignment steps (default from AdaptConfig)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="alignment steps (default from AdaptConfig)")
     _common(p, seed=True)
     p.set_defaults(func=_cmd_adapt)
 
@@ -227,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, metavar="KEY",
                    help="rows to run (default all): source-only adaptseg translate cycada bigl-out bigl-out-feat "
                         "bigl bigl-st bigl-paper target-only")
-    p.add_argument("--steps", type=int, default=None, help="alignment steps per method")
-    p.add_argument("--train-steps", type=int, default=None, help="supervised steps for source/target-only models")
+    p.add_argument("--steps", type=_positive_int, default=None, help="alignment steps per method")
+    p.add_argument("--train-steps", type=_positive_int, default=None, help="supervised steps for source/target-only models")
     p.add_argument("--resume", action="store_true",
                    help="reuse the source models and stage-1 translators already in --out (same data, seeds and "
                         "settings) and add the rows run now to its results")
@@ -262,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # a library warning (wrong sequence, anisotropic or unstripped input) reads as one line, not a source excerpt
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"bigl {args.command}: warning: {message}\n"
     try:
         return args.func(args)
     except BiglError as exc:

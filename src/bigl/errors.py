@@ -10,3 +10,7 @@ notification.
 
 class BiglError(Exception):
     """A problem with the user's input, with a message that says how to fix it."""
+
+
+class InputWarning(UserWarning):
+    """The input can be processed but probably not well (anisotropic, oblique, not skull-stripped); says the fix."""

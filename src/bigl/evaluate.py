@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from bigl._fs import atomic_path, check_output
 from bigl.checkpoint import Bundle
+from bigl.errors import BiglError
 from bigl.infer import check_sequence, segment_volume
 from bigl.io import Case, list_cases, load_images, load_labels
 from bigl.metrics import evaluate_case, summarize
@@ -20,21 +22,30 @@ REGION_ORDER = ("WT", "TC", "ET", "average")
 
 def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], sequence: str, *,
                      device: str | torch.device = "auto", progress: ProgressFn | None = None,
-                     cancel: CancelFn | None = None) -> dict[str, Any]:
+                     cancel: CancelFn | None = None, cavity: str = "error") -> dict[str, Any]:
     """Segment ``sequence`` of every labelled case and score it against the labels.
 
+    ``cavity``: what a BraTS 2024 resection-cavity label becomes (see :func:`bigl.io.load_labels`).
     Returns ``{"sequence", "model", "per_case": [{"case", "WT": {...}, ...}], "summary": summarize(...)}``;
     Dice values are fractions in [0, 1], HD95 in mm.
     """
     cases = data if isinstance(data, list) else list_cases(data)
+    unlabelled = [c.case_id for c in cases if not c.has_labels]
+    if unlabelled:
+        raise BiglError(f"{data}: evaluation needs a seg file in every case; {len(unlabelled)} case(s) have none "
+                        f"({', '.join(unlabelled[:3])}); add their labels or evaluate a folder of labelled cases")
     check_sequence(bundle, sequence)
     report = Reporter("evaluate", len(cases), progress, cancel)
     per_case = []
     for i, case in enumerate(cases):
         report(i)
         image = load_images(case, [sequence])[sequence]
+        labels = load_labels(case, cavity=cavity)   # checked against every image's grid, this one included
         seg = segment_volume(bundle, image, device=device, with_attention=False)
-        scores = evaluate_case(seg.labels, load_labels(case).data, image.spacing)
+        if seg.labels.shape != labels.data.shape:   # only a bug can get here; say which case anyway
+            raise BiglError(f"{image.path}: prediction {seg.labels.shape} and labels {labels.path} "
+                            f"{labels.data.shape} differ in shape; put the case's images and seg on one grid")
+        scores = evaluate_case(seg.labels, labels.data, image.spacing)
         per_case.append({"case": case.case_id} | scores)
     report(len(cases))
     return {"sequence": sequence, "model": str(bundle.path) if bundle.path else None,
@@ -50,8 +61,11 @@ def format_table(summary: dict[str, Any], title: str = "") -> str:
     return (f"{title}\n\n" if title else "") + head + f"| DSC (%) | {dsc} |\n| HD95 (mm) | {hd} |\n"
 
 
-def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
+def write_json(result: dict[str, Any], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write results as JSON atomically; refuse to replace an existing file unless ``overwrite``."""
+    path = check_output(path, suffix=".json", overwrite=overwrite, what="results file")
+    text = json.dumps(result, indent=2, default=float)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=float))
+    with atomic_path(path, ".json") as tmp:
+        Path(tmp).write_text(text)
     return path

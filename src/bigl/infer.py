@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bigl.checkpoint import Bundle
+from bigl.checks import warn_about_input
 from bigl.errors import BiglError
 from bigl.io import Volume
 from bigl.metrics import region_volumes
@@ -161,6 +162,7 @@ def segment_volume(bundle: Bundle, volume: Volume | np.ndarray, *, sequence: str
     trained on still works but raises a :class:`SequenceMismatchWarning`.
     """
     check_sequence(bundle, sequence)
+    warn_about_input(volume)   # anisotropic, oblique or not skull-stripped: say so, then go on
     if isinstance(volume, Volume):
         data, spacing = volume.data, volume.spacing
     else:
