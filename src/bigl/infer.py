@@ -178,6 +178,22 @@ def segment_volume(bundle: Bundle, volume: Volume | np.ndarray, *, sequence: str
     return Segmentation(labels, probs, attention, region_volumes(labels, spacing))
 
 
+def uncertainty(probabilities: np.ndarray) -> np.ndarray:
+    """Per-voxel normalised entropy of the class probabilities: (K, z, y, x) -> (z, y, x) float32 in [0, 1].
+
+    ``-sum_k p_k log p_k / log K``: 0 where the model is certain (one class has
+    probability 1, e.g. outside the brain), 1 where all K classes are equally likely.
+    """
+    p = np.asarray(probabilities, dtype=np.float32)
+    if p.ndim < 2 or p.shape[0] < 2:
+        raise BiglError(f"uncertainty needs class probabilities (K >= 2, z, y, x), got shape {p.shape}")
+    plogp = np.zeros(p.shape[1:], dtype=np.float32)
+    for pk in p:                                    # one class at a time: no (K, z, y, x) temporary
+        nz = pk > 0
+        plogp[nz] -= pk[nz] * np.log(pk[nz])
+    return np.clip(plogp / np.float32(np.log(p.shape[0])), 0.0, 1.0)
+
+
 @torch.inference_mode()
 def attention_query(bundle: Bundle, volume: Volume | np.ndarray, z: int, y: int, x: int, *,
                     device: str | torch.device = "auto") -> np.ndarray:

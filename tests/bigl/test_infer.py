@@ -3,7 +3,7 @@ import pytest
 
 from bigl.checkpoint import load_bundle
 from bigl.errors import BiglError
-from bigl.infer import SequenceMismatchWarning, attention_query, resolve_device, segment_volume
+from bigl.infer import SequenceMismatchWarning, attention_query, resolve_device, segment_volume, uncertainty
 from bigl.io import list_cases, load_images
 from bigl.metrics import region_volumes
 
@@ -60,3 +60,23 @@ def test_bad_input_and_device():
         segment_volume(None, np.zeros((4, 4)), device="cpu")
     with pytest.raises(BiglError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_uncertainty_is_normalised_entropy():
+    p = np.zeros((4, 1, 1, 3), np.float32)
+    p[:, 0, 0, 0] = 0.25                    # all four classes equally likely: 1
+    p[2, 0, 0, 1] = 1.0                     # certain: 0
+    p[0, 0, 0, 2] = p[1, 0, 0, 2] = 0.5     # two classes: log 2 / log 4 = 0.5
+    u = uncertainty(p)
+    assert u.shape == (1, 1, 3) and u.dtype == np.float32
+    np.testing.assert_allclose(u[0, 0], [1.0, 0.0, 0.5], atol=1e-6)
+    with pytest.raises(BiglError, match="K >= 2"):
+        uncertainty(np.ones((1, 2, 2, 2), np.float32))
+
+
+def test_uncertainty_of_a_segmentation(tiny_bundle_path, case_t1):
+    seg = segment_volume(load_bundle(tiny_bundle_path), case_t1, device="cpu")
+    u = uncertainty(seg.probabilities)
+    certain = seg.probabilities.max(axis=0) == 1          # e.g. every voxel outside the brain
+    assert u.shape == case_t1.data.shape and certain.any() and (u[certain] == 0).all() and 0 < u.max() <= 1
+
