@@ -13,7 +13,10 @@ Thresholds (documented in ``docs/reliability.md``):
 * not skull-stripped: more than :data:`MAX_BORDER_NONZERO` of the voxels on
   the volume's six faces are non-zero (a noisy or filled background), or the
   non-zero region is larger than :data:`MAX_BRAIN_ML` (an adult brain is
-  1.1-1.7 l; a head with scalp and skull is 3-5 l).
+  1.1-1.7 l; a head with scalp and skull is 3-5 l), or more than
+  :data:`MAX_DARK_SHELL` of the voxels 2-12 mm under the outer surface are
+  near zero (below 8 % of the 99th percentile): the skull, which gives no MR
+  signal, between scalp and brain. A skull-stripped brain has cortex there.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from nibabel.affines import obliquity
+from scipy import ndimage
 
 from bigl.errors import InputWarning
 from bigl.io import Volume
@@ -31,6 +35,8 @@ MAX_ANISOTROPY = 3.0
 MAX_OBLIQUE_DEG = 5.0
 MAX_BORDER_NONZERO = 0.5
 MAX_BRAIN_ML = 2400.0
+MAX_DARK_SHELL = 0.25
+_SHELL_MM = (2.0, 12.0)
 
 STRIP_TOOLS = ("HD-BET (`hd-bet -i in.nii.gz -o out.nii.gz`), SynthStrip (`mri_synthstrip -i in.nii.gz "
                "-o out.nii.gz`) or FSL BET (`bet in.nii.gz out.nii.gz`)")
@@ -73,11 +79,29 @@ def skull_problem(volume: Volume | np.ndarray) -> str | None:
         if ml > MAX_BRAIN_ML:
             reason = (f"its non-zero region is {ml:.0f} ml, larger than a brain (1100-1700 ml): scalp and skull "
                       "seem to be included")
+        elif (dark := _dark_shell(data, nonzero, volume.spacing)) > MAX_DARK_SHELL:
+            reason = (f"{100 * dark:.0f} % of the voxels {_SHELL_MM[0]:g}-{_SHELL_MM[1]:g} mm under its outer "
+                      "surface are near zero, like a skull between scalp and brain")
     if reason is None:
         return None
     return (f"{_name(volume)} does not look skull-stripped ({reason}). bigl expects brain-extracted volumes as "
             f"in BraTS (zero outside the brain) and takes every non-zero voxel for brain; run a brain "
             f"extraction first, e.g. {STRIP_TOOLS}")
+
+
+def _dark_shell(data: np.ndarray, nonzero: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Fraction of near-zero voxels in the band 2-12 mm inside the non-zero region's surface."""
+    step = 2 if nonzero.size > 4_000_000 else 1  # a coarser grid keeps the distance transform ~0.1 s
+    mask = ndimage.binary_fill_holes(nonzero[::step, ::step, ::step])
+    if not mask.any():
+        return 0.0
+    sub = data[::step, ::step, ::step]
+    depth = ndimage.distance_transform_edt(mask, sampling=[s * step for s in spacing])
+    band = (depth > _SHELL_MM[0]) & (depth <= _SHELL_MM[1])
+    if not band.any():
+        return 0.0
+    ref = float(np.percentile(sub[mask], 99))
+    return float((np.abs(sub[band]) < 0.08 * ref).mean())
 
 
 def warn_about_input(volume: Volume | np.ndarray | Mapping[str, Volume | np.ndarray]) -> list[str]:

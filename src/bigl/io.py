@@ -165,8 +165,8 @@ def _check_spacing(spacing, where: str) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """Voxel array (file order, scaling applied, dtype as stored or float), affine, header."""
+def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header, tuple[float, float]]:
+    """Voxel array (file order, scaling applied, dtype as stored or float), affine, header, (slope, inter)."""
     try:
         img = nib.load(str(path))
     except _LOAD_ERRORS as exc:
@@ -185,7 +185,9 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
             f"{path}: voxel data could not be read ({exc}). The file is probably truncated or "
             "corrupt (an interrupted copy or download); re-export or re-download it."
         ) from exc
-    return data, np.asarray(img.affine, dtype=np.float64), img.header
+    # nibabel moves the scale factor from the header into the proxy on load
+    scaling = (float(getattr(img.dataobj, "slope", 1.0)), float(getattr(img.dataobj, "inter", 0.0)))
+    return data, np.asarray(img.affine, dtype=np.float64), img.header, scaling
 
 
 def _check_header_size(img: nib.Nifti1Image, path: Path) -> None:
@@ -258,13 +260,13 @@ def read_nifti(
     """
     path = Path(path)
     _check_nifti_path(path)
-    raw, affine, header = _load_array(path)
+    raw, affine, header, scaling = _load_array(path)
     raw = _validate_grid(raw, affine, path)
 
     if label:
         data = _validate_labels(raw, path, label_map)
     else:
-        _check_range(raw, header, path)
+        _check_range(raw, header, scaling, path)
         data = np.asarray(raw, dtype=np.float32)
         bad = ~np.isfinite(data)
         if bad.any():
@@ -290,14 +292,14 @@ def read_nifti(
     )
 
 
-def _check_range(raw: np.ndarray, header: nib.Nifti1Header, path: Path) -> None:
+def _check_range(raw: np.ndarray, header: nib.Nifti1Header, scaling: tuple[float, float], path: Path) -> None:
     """Blame the header's scale factor, not the voxels, when scaled integers do not fit float32."""
     limit = float(np.finfo(np.float32).max)
     if not np.issubdtype(raw.dtype, np.floating) or np.all(np.abs(raw) <= limit):
         return
     stored = header.get_data_dtype()
     if np.issubdtype(stored, np.integer):
-        slope, inter = (float(header[k]) for k in ("scl_slope", "scl_inter"))
+        slope, inter = scaling
         raise BiglError(
             f"{path}: its {stored} voxels times the header's scale factor (scl_slope={slope:g}, scl_inter={inter:g}) "
             "overflow 32-bit floats; the scale factor is corrupt. Fix the header (e.g. scl_slope=1, scl_inter=0) "
