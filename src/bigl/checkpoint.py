@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
 from bigl import __version__
 from bigl._fs import atomic_path, check_output
@@ -120,8 +120,11 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike, *, overwrite: bool = Fa
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                     "document": json.dumps(bundle.document(), sort_keys=True)}
+        # serialised in memory and written by us: safetensors' own save_file writes through a ".tmpXXXXXX"
+        # file of its own, which a kill would leave behind under a name no cleaner knows
+        data = save(_state(bundle), metadata=metadata)
         with atomic_path(path) as tmp:
-            save_file(_state(bundle), tmp, metadata=metadata)
+            Path(tmp).write_bytes(data)
     except OSError as exc:
         raise BiglError(f"{path} could not be written ({exc}); check free space and permissions") from exc
     bundle.path = path

@@ -277,7 +277,11 @@ def read_nifti(
         if not data.any():
             raise BiglError(f"{path} is all zeros (an empty image); check that the right file was exported.")
 
-    to_canonical = ornt_mod.ornt_transform(ornt_mod.io_orientation(affine), _CANONICAL_ORNT)
+    try:
+        to_canonical = ornt_mod.ornt_transform(ornt_mod.io_orientation(affine), _CANONICAL_ORNT)
+    except ValueError as exc:  # two voxel axes along one world axis: no canonical order exists
+        raise BiglError(f"{path} has a degenerate affine (its voxel axes do not span three directions: {exc}); "
+                        "fix the header's qform/sform.") from exc
     file_shape = tuple(int(s) for s in data.shape)
     canonical = np.ascontiguousarray(ornt_mod.apply_orientation(data, to_canonical))
     spacing = _spacing_of(affine @ ornt_mod.inv_ornt_aff(to_canonical, file_shape))
