@@ -1,10 +1,10 @@
 """Qt-free logic of the "BiGL Segment" widget (:mod:`napari_bigl._widget`).
 
 Everything here can be tested without a display: reading a napari image layer
-as a :class:`bigl.io.Volume`, the sequence guess, the device note, turning
-results into layer data, error texts, progress texts, the default source
-dataset for adaptation, and the "latest request wins" queue behind the live
-attention query. No model, IO or numerics: those are single calls into
+as a :class:`bigl.io.Volume`, the sequence guess, the model and device notes,
+error texts, progress texts, the default source dataset for adaptation, and
+the "latest request wins" queue behind the live attention query (results ->
+layer data is :mod:`napari_bigl._results`). No model, IO or numerics: those are single calls into
 :mod:`bigl` (``segment_volume``, ``attention_query``, ``adapt``,
 ``translate_volume``, ``load_bundle``/``save_bundle``).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,42 +22,21 @@ from typing import Any
 import numpy as np
 import torch
 from bigl.adapt import AdaptConfig, adapt
-from bigl.checkpoint import Bundle
+from bigl.checkpoint import Bundle, read_document
 from bigl.errors import BiglError
-from bigl.infer import Segmentation, SequenceMismatchWarning, check_sequence, segment_volume
+from bigl.infer import SequenceMismatchWarning, check_sequence, segment_volume
 from bigl.io import SEQUENCES, Volume, list_cases, sequence_from_name
-from bigl.progress import CancelFn, Progress, ProgressFn
+from bigl.progress import CancelFn, Cancelled, Progress, ProgressFn
 from bigl.translate import translate_volume
 
-from napari_bigl._layers import (
-    SEQUENCE_KEY,
-    LayerDataTuple,
-    contrast_limits,
-    labels_layer_data,
-    layer_volume,
-)
+from napari_bigl._layers import SEQUENCE_KEY, LayerDataTuple, layer_volume
+from napari_bigl._results import ImageRef, Shown, labels_layer, segment_for_display, translated_layer
 from napari_bigl._sample_data import SAMPLE_DIR
 
 DEVICES = ("auto", "cpu", "cuda")
-ROLE_KEY = "bigl_role"              # metadata marking layers the widget made (not offered as inputs)
-QUERY_LAYER = "attention query"
-ATTENTION_COLORMAP = "inferno"
-ATTENTION_OPACITY = 0.6
 ADAPT_STEPS = 200                   # stage-2 alignment steps (see docs/plugin.md for CPU timings)
 TRANSLATOR_STEPS = 200              # stage-1 translator steps
 PREVIEW_EVERY = 50
-
-
-def labels_name(image_name: str) -> str:
-    return f"{image_name} BiGL labels"
-
-
-def attention_name(image_name: str) -> str:
-    return f"{image_name} attention"
-
-
-def translated_name(image_name: str) -> str:
-    return f"{image_name} x_t→s"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -102,6 +81,25 @@ def sequence_warnings(bundle: Bundle, sequence: str) -> list[str]:
     return [str(w.message) for w in caught]
 
 
+def model_note(path: str) -> str:
+    """One line under the model field: what the bundle was trained on, or why it cannot be used."""
+    try:
+        doc = read_document(path)
+    except BiglError as exc:
+        text = str(exc)
+        for prefix in (f"{path}: ", f"{Path(path)}: "):
+            text = text.removeprefix(prefix)
+        return f"⚠ {text}"
+    return f"trained on {', '.join(doc.get('sequences', []))}"
+
+
+def case_name(layer: Any) -> str:
+    """The case a layer belongs to: its name without the reader's trailing sequence word ("<case> <sequence>")."""
+    name = str(layer.name)
+    head, _, last = name.rpartition(" ")
+    return head if head and (last in SEQUENCES or sequence_from_name(last)) else name
+
+
 def file_key(path: str) -> tuple[str, float | None]:
     """Identifies a model file's current content well enough to reuse a loaded bundle."""
     try:
@@ -137,51 +135,6 @@ def device_note(choice: str, has_cuda: bool | None = None) -> str:
     return "Runs on the GPU."
 
 
-# ----------------------------------------------------------------------------- results -> layer data
-def _placed(layer_data: LayerDataTuple, image: Any, role: str | None = None) -> LayerDataTuple:
-    """Put a result layer exactly over ``image`` (its scale and translate), optionally tagging its role."""
-    data, kwargs, kind = layer_data
-    kwargs = {**kwargs, "scale": tuple(image.scale), "translate": tuple(image.translate)}
-    if role is not None:
-        kwargs["metadata"] = {**kwargs.get("metadata", {}), ROLE_KEY: role}
-    return data, kwargs, kind
-
-
-def labels_layer(image: Any, labels: np.ndarray) -> LayerDataTuple:
-    """BraTS-coloured labels over ``image``; ``metadata["bigl_volume"]`` keeps the image's file grid for saving."""
-    return _placed(labels_layer_data(layer_volume(labels, image.metadata, image.scale), labels_name(image.name)),
-                   image, role="labels")
-
-
-def attention_layer(image: Any, attention: np.ndarray) -> LayerDataTuple:
-    """The attention volume as an additive heat map over ``image``."""
-    kwargs = {"name": attention_name(image.name), "colormap": ATTENTION_COLORMAP, "blending": "additive",
-              "opacity": ATTENTION_OPACITY, "contrast_limits": attention_limits(attention), "metadata": {}}
-    return _placed((attention, kwargs, "image"), image, role="attention")
-
-
-def translated_layer(image: Any, translated: np.ndarray) -> LayerDataTuple:
-    """x_t→s (normalised intensity) in grey, over ``image``."""
-    kwargs = {"name": translated_name(image.name), "colormap": "gray",
-              "contrast_limits": contrast_limits(translated), "metadata": {}}
-    return _placed((translated, kwargs, "image"), image, role="translated")
-
-
-def attention_limits(attention: np.ndarray) -> tuple[float, float]:
-    """Display window of an attention map: 0 (no attention) to its 99.5th percentile inside the brain.
-
-    Percentiles of a strided subsample of a volume: cheap enough for the GUI thread.
-    """
-    sample = attention[::2, ::2, ::2] if attention.ndim == 3 else attention
-    values = sample[sample > 0]
-    hi = float(np.percentile(values, 99.5)) if values.size else 1.0
-    return 0.0, hi if hi > 0 else 1.0
-
-
-def format_volumes(volumes_ml: Mapping[str, float]) -> str:
-    return "   ".join(f"{k} {v:.1f} ml" for k, v in volumes_ml.items())
-
-
 def format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -214,22 +167,6 @@ def point_voxel(points: Any, index: int, image: Any, shape: tuple[int, ...]) -> 
     return zyx if all(0 <= v < n for v, n in zip(zyx, shape)) else None  # type: ignore[return-value]
 
 
-class QueryView:
-    """The attention layer's data in query mode: the summary, with the queried slice replaced by the query map."""
-
-    def __init__(self, summary: np.ndarray) -> None:
-        self.summary = summary
-        self.data = summary.copy()
-        self._z: int | None = None
-
-    def show(self, z: int, row: np.ndarray) -> np.ndarray:
-        if self._z is not None:
-            self.data[self._z] = self.summary[self._z]
-        self.data[z] = row
-        self._z = z
-        return self.data
-
-
 # ----------------------------------------------------------------------------- adaptation
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -240,12 +177,14 @@ PHANTOM_SOURCE_DIR_NAME = "phantom_source"
 
 
 def default_source_dir(sample_dir: Path = SAMPLE_DIR) -> Path:
-    """Labelled source cases for adaptation: the repo's ``sample_data/``, else a generated phantom set in the cache."""
-    try:
-        if sample_dir.is_dir() and list_cases(sample_dir):
-            return sample_dir
-    except BiglError:
-        pass
+    """Labelled source cases for adaptation: the repo's ``sample_data/`` when there is one, else the cache.
+
+    A ``sample_data/`` folder that exists but cannot be read is still returned:
+    adapting then fails with bigl's message naming the broken file, rather than
+    quietly adapting from generated phantoms instead.
+    """
+    if sample_dir.is_dir():
+        return sample_dir
     return cache_dir() / PHANTOM_SOURCE_DIR_NAME
 
 
@@ -269,31 +208,41 @@ def source_sequence(bundle: Bundle, target: str) -> str:
 
 @dataclass
 class Adapted:
-    bundle: Bundle                    # the adapted model (in memory)
+    bundle: Bundle                        # the adapted model (in memory)
     seconds: float
-    segmentation: Segmentation        # of the target image, with the adapted model
-    translated: np.ndarray | None     # x_t→s of the target image, when the bundle has G_t→s
+    shown: Shown | None                   # the target image segmented by it; None if that step was cancelled
+    translated: LayerDataTuple | None     # x_t→s of the target image, when the bundle has G_t→s
 
 
-def adapt_to_image(bundle: Bundle, source_dir: Path, volume: Volume, target: str, config: AdaptConfig, *,
-                   device: str, progress: ProgressFn, cancel: CancelFn,
-                   preview: Callable[[int, np.ndarray], None], preview_every: int) -> Adapted:
+def adapt_to_image(bundle: Bundle, source_dir: Path, volume: Volume, image: ImageRef, target: str,
+                   config: AdaptConfig, *, device: str, progress: ProgressFn, cancel: CancelFn,
+                   preview: Callable[[int, LayerDataTuple], None], preview_every: int, palette: str,
+                   with_uncertainty: bool) -> Adapted:
     """The widget's "Adapt to this modality": adapt to the open image, then segment and translate it.
 
-    ``preview(step, labels)`` gets the image's labels under the model snapshot
-    of that step (segmented here, in the worker thread). The labelled source
-    cases are the ``source_dir`` folder (generated once if it is the cache default).
+    ``preview(step, labels layer tuple)`` gets the image's labels under the
+    model snapshot of that step (segmented here, in the worker thread). The
+    labelled source cases are the ``source_dir`` folder (generated once if it is
+    the cache default). Cancelling after :func:`bigl.adapt.adapt` has returned
+    keeps the adapted model and skips only the final segmentation and translation.
     """
     def on_snapshot(step: int, snapshot: Bundle) -> None:
-        preview(step, segment_volume(snapshot, volume, device=device, with_attention=False, cancel=cancel).labels)
+        labels = segment_volume(snapshot, volume, device=device, with_attention=False, cancel=cancel).labels
+        preview(step, labels_layer(image, labels, palette))
 
     result = adapt(bundle, ensure_source_dataset(source_dir), source_sequence(bundle, target), [volume], target,
                    config, device=device, progress=progress, cancel=cancel, preview=on_snapshot,
                    preview_every=preview_every)
-    seg = segment_volume(result.bundle, volume, device=device, progress=progress, cancel=cancel)
-    translated = (translate_volume(result.bundle, volume, device=device, progress=progress, cancel=cancel)
-                  if result.bundle.translator_t2s is not None else None)
-    return Adapted(result.bundle, result.seconds, seg, translated)
+    try:
+        out = segment_for_display(result.bundle, volume, image, target, device=device, palette=palette,
+                                  with_uncertainty=with_uncertainty, progress=progress, cancel=cancel)
+        translated = None
+        if result.bundle.translator_t2s is not None:
+            translated = translated_layer(image, translate_volume(result.bundle, volume, device=device,
+                                                                  progress=progress, cancel=cancel))
+    except Cancelled:
+        return Adapted(result.bundle, result.seconds, None, None)
+    return Adapted(result.bundle, result.seconds, out, translated)
 
 
 # ----------------------------------------------------------------------------- threading helpers

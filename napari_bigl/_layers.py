@@ -18,10 +18,13 @@ Arrays are the ``(z, y, x)`` RAS+ arrays of :mod:`bigl.io`; ``scale`` is the
 voxel spacing in mm, so napari's world coordinates are millimetres and
 sequences, labels and results overlay exactly.
 
-Labels use fixed BraTS colours, the ones of the BiGL paper's figures: edema
-(ED, 2) green, necrotic/non-enhancing core (NCR/NET, 1) yellow, enhancing
-tumour (ET, 4) red. Any other value (e.g. a brush set to 3) is drawn magenta so
-a stray label is never invisible.
+Labels use fixed BraTS colours by default, the ones of the BiGL paper's
+figures: edema (ED, 2) green, necrotic/non-enhancing core (NCR/NET, 1) yellow,
+enhancing tumour (ET, 4) red. Red and green are what colour-blind readers
+confuse most, so :data:`PALETTES` also offers a colour-blind-safe set from the
+Okabe-Ito palette (edema blue, core yellow, enhancing vermillion: they differ
+in lightness as well as hue). Any other value (e.g. a brush set to 3) is drawn
+magenta so a stray label is never invisible.
 """
 
 from __future__ import annotations
@@ -50,11 +53,26 @@ LABEL_COLORS: dict[int | None, tuple[float, float, float, float]] = {
 }
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "NCR/NET", 2: "edema", 4: "enhancing tumour"}
 LABELS_OPACITY = 0.6  # anatomy stays readable under the overlay
+DEFAULT_PALETTE = "BraTS"
+PALETTES: dict[str, dict[int | None, tuple[float, float, float, float]]] = {
+    DEFAULT_PALETTE: LABEL_COLORS,
+    "colour-blind safe": {
+        **LABEL_COLORS,
+        1: (0xF0 / 255, 0xE4 / 255, 0x42 / 255, 1.0),  # NCR/NET: Okabe-Ito yellow
+        2: (0x00 / 255, 0x72 / 255, 0xB2 / 255, 1.0),  # edema: Okabe-Ito blue
+        4: (0xD5 / 255, 0x5E / 255, 0x00 / 255, 1.0),  # enhancing tumour: Okabe-Ito vermillion
+    },
+}
 
 
-def label_colormap() -> DirectLabelColormap:
-    """The fixed BraTS label colours as a napari colormap (a fresh object per layer)."""
-    return DirectLabelColormap(color_dict=dict(LABEL_COLORS))
+def label_colormap(palette: str = DEFAULT_PALETTE) -> DirectLabelColormap:
+    """A palette's label colours as a napari colormap (a fresh object per layer)."""
+    return DirectLabelColormap(color_dict=dict(PALETTES[palette]))
+
+
+def legend(palette: str = DEFAULT_PALETTE) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """``[(name, rgba), ...]`` of the tumour labels in a palette, in BraTS order (NCR/NET, edema, ET)."""
+    return [(LABEL_NAMES[v], PALETTES[palette][v]) for v in (1, 2, 4)]
 
 
 def _label_features() -> dict[str, list]:

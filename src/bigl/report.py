@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +131,18 @@ def report_csv(report: Mapping[str, Any]) -> str:
 
 
 def write_report(report: Mapping[str, Any], path: str | os.PathLike, *, overwrite: bool = False,
-                 picture: bool = True) -> tuple[Path, Path]:
+                 picture: Callable[[str], None] | None = None) -> tuple[Path, Path]:
     """Write ``<name>.csv`` and ``<name>.json`` atomically; returns their paths.
 
-    With ``picture`` the ``<name>.png`` the caller will add is checked too, so
-    that no file of the report is replaced unless ``overwrite``.
+    ``picture(tmp_path)``, when given, writes the ``<name>.png`` (e.g. a
+    screenshot) to a temporary ``.png`` path that is then renamed into place.
+    All the files are checked first: none is replaced unless ``overwrite``.
     """
     csv_path, json_path, png_path = report_paths(path)
-    check_report_paths([csv_path, json_path, *([png_path] if picture else [])], overwrite=overwrite)
+    check_report_paths([csv_path, json_path, *([png_path] if picture is not None else [])], overwrite=overwrite)
+    if picture is not None:
+        with atomic_path(png_path, suffix=PICTURE_SUFFIX) as tmp:
+            picture(tmp)
     for target, text in ((json_path, json.dumps(report, indent=2) + "\n"), (csv_path, report_csv(report))):
         with atomic_path(target) as tmp:
             Path(tmp).write_text(text, encoding="utf-8")

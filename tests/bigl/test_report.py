@@ -2,6 +2,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,8 +53,10 @@ def test_write_report_csv_json_and_never_overwrites(tiny_bundle_path, tmp_path):
     assert csv_path.read_bytes() == before
     (tmp_path / "pic.png").write_bytes(b"x")              # the picture of a report counts too
     with pytest.raises(BiglError, match="pic.png"):
-        write_report(rep, tmp_path / "pic.json")
-    assert not (tmp_path / "pic.csv").exists()
+        write_report(rep, tmp_path / "pic.json", picture=lambda p: Path(p).write_bytes(b"new"))
+    assert not (tmp_path / "pic.csv").exists() and (tmp_path / "pic.png").read_bytes() == b"x"
+    write_report(rep, tmp_path / "pic", picture=lambda p: Path(p).write_bytes(b"new"), overwrite=True)
+    assert (tmp_path / "pic.png").read_bytes() == b"new" and (tmp_path / "pic.csv").exists()
     write_report({**rep, "case": "other"}, tmp_path / "report", overwrite=True)
     assert "other" in csv_path.read_text()
     with pytest.raises(BiglError, match="no such folder"):

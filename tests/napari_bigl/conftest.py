@@ -102,3 +102,13 @@ def notifications():
 
     start = len(notification_manager.records)
     return lambda: [(str(n.severity), str(n.message)) for n in notification_manager.records[start:]]
+
+
+@pytest.fixture(autouse=True)
+def _own_settings(tmp_path_factory):
+    """The widget's remembered choices (QSettings) go to a fresh folder, never the user's config."""
+    from qtpy.QtCore import QSettings
+
+    folder = tmp_path_factory.mktemp("settings")
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
+    yield folder

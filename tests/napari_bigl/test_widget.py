@@ -27,6 +27,7 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from napari_bigl import _controller as ctl
 from napari_bigl._layers import VOLUME_KEY
+from napari_bigl._results import QUERY_LAYER, ROLE_KEY, QueryView
 
 PLUGIN = "napari-bigl"
 WIDGET = "BiGL Segment"
@@ -55,7 +56,7 @@ def widget(viewer, tiny_bundle_path):
 
 
 def wait_idle(qtbot, w, timeout=60_000):
-    qtbot.waitUntil(lambda: not w.is_busy() and not w._workers, timeout=timeout)
+    qtbot.waitUntil(lambda: not w.is_busy() and not w.jobs.workers, timeout=timeout)
 
 
 def open_case(viewer, w, folder: Path, sequence: str = "t1"):
@@ -91,7 +92,7 @@ def test_widget_opens_from_the_manifest_and_is_offered_under_layers_segment(view
     assert f"{PLUGIN}.segment_widget" in [getattr(item, "command", None) and item.command.id for item in menu]
     # the image list follows the layer list; widget-made layers are not offered as inputs
     viewer.add_image(np.zeros((4, 8, 8), np.float32), name="patient T2w")
-    viewer.add_image(np.zeros((4, 8, 8), np.float32), name="x attention", metadata={ctl.ROLE_KEY: "attention"})
+    viewer.add_image(np.zeros((4, 8, 8), np.float32), name="x attention", metadata={ROLE_KEY: "attention"})
     assert [w.image_combo.itemText(i) for i in range(w.image_combo.count())] == ["patient T2w"]
     assert w.sequence_combo.currentText() == "t2"   # guessed from the name
 
@@ -108,8 +109,8 @@ def test_segment_matches_the_cli_on_the_source_grid(viewer, widget, qtbot, write
     image = open_case(viewer, widget, folder)
     assert widget.sequence_combo.currentText() == "t1"
 
-    widget.segment_button.click()
-    assert widget.is_busy() and widget.cancel_button.isEnabled() and not widget.segment_button.isEnabled()
+    widget.segment_panel.segment_button.click()
+    assert widget.is_busy() and widget.jobs.cancel_button.isEnabled() and not widget.segment_panel.segment_button.isEnabled()
     wait_idle(qtbot, widget)
 
     labels = viewer.layers["Case_001 t1 BiGL labels"]
@@ -120,7 +121,7 @@ def test_segment_matches_the_cli_on_the_source_grid(viewer, widget, qtbot, write
     att = viewer.layers["Case_001 t1 attention"]
     assert att.colormap.name == "inferno" and att.blending == "additive" and 0 < att.opacity < 1
     assert att.data.shape == image.data.shape and att.data.max() > 0
-    assert widget.volumes_label.text().startswith("WT ") and " ml" in widget.volumes_label.text()
+    assert widget.segment_panel.volumes_label.text().startswith("WT ") and " ml" in widget.segment_panel.volumes_label.text()
     assert not [n for n in notifications() if n[0] in ("error", "warning")]
 
     # saving the layer through napari's writer lands on the LPS file's grid, like the CLI output
@@ -172,8 +173,8 @@ def test_attention_query_follows_the_point(viewer, widget, qtbot, write_case, ti
     ys, xs = np.nonzero(volume.data[z])
     first, second = (z, int(ys.min()) + 2, int(xs.min()) + 2), (z, int(ys.max()) - 2, int(xs.max()) - 2)
 
-    widget.query_check.setChecked(True)
-    points = viewer.layers[ctl.QUERY_LAYER]
+    widget.attention_panel.query_check.setChecked(True)
+    points = viewer.layers[QUERY_LAYER]
     points.add(np.array(first, float))                   # placing a point
     qtbot.waitUntil(lambda: not np.array_equal(att.data[z], summary[z]), timeout=30_000)
     wait_idle(qtbot, widget)
@@ -187,12 +188,12 @@ def test_attention_query_follows_the_point(viewer, widget, qtbot, write_case, ti
     wait_idle(qtbot, widget)
     np.testing.assert_allclose(att.data[z], attention_query(bundle, volume, *second, device="cpu"), atol=1e-5)
 
-    widget.query_check.setChecked(False)                 # off: the summary is back, the points layer gone
+    widget.attention_panel.query_check.setChecked(False)                 # off: the summary is back, the points layer gone
     np.testing.assert_array_equal(att.data, summary)
-    assert ctl.QUERY_LAYER not in viewer.layers
-    widget.query_check.setChecked(True)                  # deleting the points layer also ends query mode
-    viewer.layers.remove(ctl.QUERY_LAYER)
-    assert not widget.query_check.isChecked()
+    assert QUERY_LAYER not in viewer.layers
+    widget.attention_panel.query_check.setChecked(True)                  # deleting the points layer also ends query mode
+    viewer.layers.remove(QUERY_LAYER)
+    assert not widget.attention_panel.query_check.isChecked()
 
 
 def test_only_the_newest_query_is_computed():
@@ -207,7 +208,7 @@ def test_only_the_newest_query_is_computed():
 
 def test_query_view_restores_the_previous_slice():
     summary = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
-    view = ctl.QueryView(summary)
+    view = QueryView(summary)
     view.show(0, np.full((3, 4), -1.0))
     shown = view.show(1, np.full((3, 4), -2.0))
     np.testing.assert_array_equal(shown[0], summary[0])
@@ -226,13 +227,13 @@ def test_adapt_previews_then_becomes_the_model_and_saves(viewer, widget, qtbot, 
     assert any("Adapt to this modality" in m for s, m in notifications() if s == "warning")
     labels = viewer.layers["Case_001 t2 BiGL labels"]
     updates = []
-    labels.events.data.connect(lambda e: updates.append(widget.progress_bar.toolTip()))
-    widget.source_edit.setText(str(tiny_dataset))
-    widget.preview_spin.setValue(2)
-    widget.adapt_config = lambda: tiny_adapt_config(steps=4)
+    labels.events.data.connect(lambda e: updates.append(widget.jobs.progress_bar.toolTip()))
+    widget.adapt_panel.source_edit.setText(str(tiny_dataset))
+    widget.adapt_panel.preview_spin.setValue(2)
+    widget.adapt_panel.adapt_config = lambda: tiny_adapt_config(steps=4)
     digest = sha(tiny_bundle_path)
 
-    widget.adapt_button.click()
+    widget.adapt_panel.adapt_button.click()
     wait_idle(qtbot, widget, timeout=120_000)
     assert not [n for n in notifications() if n[0] == "error"], notifications()
     assert updates[:2] == ["labels previewed at step 2", "labels previewed at step 4"] and len(updates) == 3
@@ -242,7 +243,7 @@ def test_adapt_previews_then_becomes_the_model_and_saves(viewer, widget, qtbot, 
     translated = viewer.layers["Case_001 t2 x_t→s"]
     assert translated.data.shape == image.data.shape
     assert viewer.layers.index(translated) == viewer.layers.index(image) + 1     # under the overlays
-    assert widget.save_button.isEnabled() and "not saved" in widget.model_info.text()
+    assert widget.adapt_panel.save_button.isEnabled() and "not saved" in widget.model_info.text()
 
     path = tmp_path / "adapted.safetensors"
     assert widget.save_adapted(path) == path
@@ -263,21 +264,21 @@ def test_cancelled_adaptation_changes_nothing_and_the_widget_stays_usable(viewer
     before = np.array(labels.data, copy=True)
     previews = []
     labels.events.data.connect(lambda e: previews.append(1))
-    widget.source_edit.setText(str(tiny_dataset))
-    widget.preview_spin.setValue(1)
-    widget.adapt_config = lambda: tiny_adapt_config(steps=10_000)
+    widget.adapt_panel.source_edit.setText(str(tiny_dataset))
+    widget.adapt_panel.preview_spin.setValue(1)
+    widget.adapt_panel.adapt_config = lambda: tiny_adapt_config(steps=10_000)
     digest = sha(tiny_bundle_path)
     stages = []
-    widget._signals.progress.connect(lambda p: stages.append(p.stage))
+    widget.jobs.progress.connect(lambda p: stages.append(p.stage))
 
     widget.adapt()
     qtbot.waitUntil(lambda: len(previews) >= 2, timeout=120_000)
     assert "align" in stages
-    widget.cancel_button.click()
+    widget.jobs.cancel_button.click()
     wait_idle(qtbot, widget, timeout=60_000)
 
     assert sha(tiny_bundle_path) == digest
-    assert widget.current_bundle() is original and not widget.save_button.isEnabled()
+    assert widget.current_bundle() is original and not widget.adapt_panel.save_button.isEnabled()
     np.testing.assert_array_equal(labels.data, before)               # preview undone
     assert any("cancelled" in m for s, m in notifications() if s == "info")
     assert "x_t→s" not in " ".join(layer.name for layer in viewer.layers)
@@ -296,19 +297,19 @@ def test_user_errors_become_notifications(viewer, widget, qtbot, tmp_path, notif
 
     viewer.add_image(np.zeros((30, 30), np.float32), name="slice t1")
     widget.image_combo.setCurrentText("slice t1")
-    widget.segment_button.click()
+    widget.segment_panel.segment_button.click()
     assert "2D" in last_error() and "3D" in last_error() and not widget.is_busy()
 
     viewer.add_image(np.ones((6, 16, 16), np.float32), name="scan")
     widget.image_combo.setCurrentText("scan")
     assert widget.sequence_combo.currentText() == ""
-    widget.segment_button.click()
+    widget.segment_panel.segment_button.click()
     assert "sequence" in last_error() and "'scan'" in last_error() and not widget.is_busy()
-    widget.adapt_button.click()
+    widget.adapt_panel.adapt_button.click()
     assert "sequence" in last_error() and not widget.is_busy()
 
     widget.sequence_combo.setCurrentText("t1")
-    widget.adapt_button.click()                         # the t1 model has nothing to adapt to on a t1 image
+    widget.adapt_panel.adapt_button.click()                         # the t1 model has nothing to adapt to on a t1 image
     wait_idle(qtbot, widget)
     assert "already works on t1" in last_error()
 
@@ -317,7 +318,7 @@ def test_user_errors_become_notifications(viewer, widget, qtbot, tmp_path, notif
     widget.model_edit.setText(str(bad))
     widget.model_edit.editingFinished.emit()
     assert "not a readable" in widget.model_info.text()
-    widget.segment_button.click()
+    widget.segment_panel.segment_button.click()
     wait_idle(qtbot, widget)
     assert str(bad) in last_error() and "not a readable model bundle" in last_error()
     assert "scan BiGL labels" not in viewer.layers
@@ -326,31 +327,31 @@ def test_user_errors_become_notifications(viewer, widget, qtbot, tmp_path, notif
     if not torch.cuda.is_available():
         widget.device_combo.setCurrentText("cuda")
         assert "No CUDA GPU" in widget.device_note.text()
-        widget.segment_button.click()
+        widget.segment_panel.segment_button.click()
         wait_idle(qtbot, widget)
         assert "no CUDA GPU" in last_error()
     widget.device_combo.setCurrentText("cpu")
     assert "CPU" in widget.device_note.text()
 
-    widget.query_check.setChecked(True)                 # nothing segmented yet
-    assert not widget.query_check.isChecked() and "segment the image first" in last_error()
+    widget.attention_panel.query_check.setChecked(True)                 # nothing segmented yet
+    assert not widget.attention_panel.query_check.isChecked() and "segment the image first" in last_error()
     widget.save_adapted(tmp_path / "x.safetensors")
     assert "no adapted model" in last_error() and not (tmp_path / "x.safetensors").exists()
 
 
 def test_out_of_memory_is_a_notification_not_a_crash(viewer, widget, qtbot, monkeypatch, notifications):
-    import napari_bigl._widget as W
+    import napari_bigl._results as R
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(W, "segment_volume", oom)
+    monkeypatch.setattr(R, "segment_volume", oom)
     viewer.add_image(np.ones((6, 16, 16), np.float32), name="scan t1")
     widget.segment()
     wait_idle(qtbot, widget)
     errors = [m for s, m in notifications() if s == "error"]
     assert len(errors) == 1 and "out of memory" in errors[0] and "'cpu'" in errors[0]
-    assert widget.segment_button.isEnabled() and not widget.is_busy()
+    assert widget.segment_panel.segment_button.isEnabled() and not widget.is_busy()
 
 
 def test_save_dialog_names():
