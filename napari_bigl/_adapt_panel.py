@@ -145,10 +145,7 @@ class AdaptPanel(QGroupBox):
         yield from host.segment_panel.show(out.shown)
         if out.translated is not None and host.has_layer(image):
             yield
-            layer = host.put_layer(out.translated)
-            here, above_image = host.viewer.layers.index(layer), host.viewer.layers.index(image) + 1
-            if here > above_image:
-                host.viewer.layers.move(here, above_image)   # under the attention and labels overlays
+            host.put_layer(out.translated, above=image)     # under the attention and labels overlays
         show_info(f"Adapted the model to {seqs} in {took}; it is now the widget's model. Keep it with "
                   "'Save adapted model…'.")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton, QWidget
 from napari_bigl import _controller as ctl
 
 log = logging.getLogger(__name__)
+PROGRESS_INTERVAL_S = 0.1
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Job:
     bar: Any = None                       # napari progress bar (activity dock)
     worker_done: bool = False
     steps: Iterator[None] | None = None   # GUI-thread steps still to run after the worker returned
+    shown_at: float = 0.0                 # time.monotonic() of the last progress shown
 
 
 def report(exc: BaseException, action: str) -> None:
@@ -183,6 +186,11 @@ class JobBar(QWidget):
         job = self.job
         if job is None:
             return
+        # Each update repaints two progress bars (here and napari's activity dock): ~10 a second is plenty.
+        now, stage_changed = time.monotonic(), job.bar is not None and job.bar.desc != f"BiGL {p.stage}"
+        if now - job.shown_at < PROGRESS_INTERVAL_S and not stage_changed and p.step < p.total:
+            return
+        job.shown_at = now
         self.progress_bar.setRange(0, max(p.total, 1))
         self.progress_bar.setValue(min(p.step, max(p.total, 1)))
         self.progress_bar.setFormat(ctl.format_progress(p))

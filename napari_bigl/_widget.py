@@ -225,12 +225,20 @@ class SegmentWidget(QWidget):
     def layer(self, name: str) -> Layer | None:
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
-    def put_layer(self, layer_data: LayerDataTuple) -> Layer:
-        """Add a result layer, or update the one of that name (keeping the user's display settings)."""
+    def put_layer(self, layer_data: LayerDataTuple, *, above: Layer | None = None) -> Layer:
+        """Add a result layer (just ``above`` a layer, else on top), or update the one of that name.
+
+        An update keeps the user's display settings. Inserting at the right place
+        costs napari one step; adding on top and then moving it costs two.
+        """
         data, kwargs, kind = layer_data
         layer = self.layer(kwargs["name"])
         if layer is None or not isinstance(layer, _LAYER_TYPES[kind]):
-            return self.viewer.add_layer(Layer.create(data, kwargs, kind))
+            new = Layer.create(data, kwargs, kind)
+            if above is None:
+                return self.viewer.add_layer(new)
+            self.viewer.layers.insert(self.viewer.layers.index(above) + 1, new)
+            return new
         layer.data = data
         layer.metadata.update(kwargs.get("metadata", {}))
         if "contrast_limits" in kwargs:

@@ -131,32 +131,77 @@ def test_segment_matches_the_cli_on_the_source_grid(viewer, widget, qtbot, write
     np.testing.assert_allclose(nib.load(saved).affine, nib.load(out).affine)
 
 
-def test_viewer_stays_responsive_while_segmenting(viewer, widget, qtbot):
-    from qtpy.QtCore import QTimer
+class Ticks:
+    """A 10 ms Qt timer; ``gaps_ms()`` are the times between its ticks since ``begin()`` (GUI-thread stalls)."""
 
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.times = []
+        self.timer = QTimer()
+        self.timer.timeout.connect(lambda: self.times.append(time.perf_counter()))
+        self.timer.start(10)
+
+    def run(self, qtbot, action, until, timeout=180_000):
+        self.times = [time.perf_counter()]
+        action()
+        qtbot.waitUntil(until, timeout=timeout)
+        qtbot.wait(300)                       # the repaints due after the last layer update count too
+        return np.diff(self.times) * 1000.0
+
+
+def test_viewer_never_stalls_while_segmenting_querying_and_adapting(viewer, widget, qtbot, tiny_dataset):
+    """From each button press to the last layer update, no gap of a 10 ms timer exceeds 50 ms.
+
+    Adding any layer costs napari itself a fixed time (its Qt controls and vispy
+    visuals, whatever the data size): ~50-65 ms on a quiet 2-core machine,
+    more under load. That floor is measured here with napari's own add_labels
+    of a 2x4x4 array; the bound is 50 ms, or twice the floor when napari alone
+    is slower than 25 ms on this machine at this moment (the end of an
+    adaptation adds a layer and shows a notification in one turn).
+    """
     small = make_case(0, "small").images["t1"]                     # (72, 100, 84)
-    big = np.repeat(np.repeat(np.repeat(small, 2, 0), 2, 1), 2, 2)  # (144, 200, 168): > 1 s on one CPU thread
-    # napari's first labels layer in a process costs a one-time ~0.3 s (imports, shaders): not ours to measure
+    big = np.repeat(np.repeat(np.repeat(small, 2, 0), 2, 1), 2, 2)  # (144, 200, 168)
+    # napari's first labels and points layers in a process cost a one-time ~0.3 s each (imports, shaders)
     viewer.layers.remove(viewer.add_labels(np.zeros((2, 4, 4), np.uint8)))
-    viewer.add_image(big, name="big t1", scale=(1.0, 1.0, 1.0))
+    viewer.layers.remove(viewer.add_points(np.zeros((1, 3))))
+    viewer.add_image(big, name="big t1", scale=(1.0, 1.0, 1.0), contrast_limits=(0.0, float(big.max())))
     widget.image_combo.setCurrentText("big t1")
-    qtbot.wait(50)
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start(10)
-    t0 = time.perf_counter()
-    widget.segment()
-    wait_idle(qtbot, widget, timeout=120_000)
-    elapsed = time.perf_counter() - t0
-    timer.stop()
-    assert "big t1 BiGL labels" in viewer.layers
-    gaps = np.diff([t0, *ticks])
-    assert elapsed > 1.0, f"segmenting took only {elapsed:.2f} s: too short to test responsiveness"
-    worst = int(np.argmax(gaps))
-    # a blocked GUI stalls for the whole > 1 s run; 0.5 s leaves room for a loaded machine's scheduling
-    assert gaps.max() < 0.5, (f"GUI blocked for {gaps.max() * 1000:.0f} ms, {ticks[worst] - t0:.2f} s into a "
-                              f"{elapsed:.1f} s segmentation")
+    qtbot.wait(100)
+    ticks = Ticks()
+    floors = [ticks.run(qtbot, lambda: viewer.add_labels(np.zeros((2, 4, 4), np.uint8)), lambda: True).max()
+              for _ in range(3)]
+    for _ in floors:
+        viewer.layers.pop()
+    floor = float(np.median(floors))
+    bound = max(50.0, 2.0 * floor)
+    idle = lambda: not widget.is_busy() and not widget.jobs.workers  # noqa: E731
+    worst = {}
+
+    worst["segment (new layers)"] = ticks.run(qtbot, widget.segment, idle).max()
+    assert "big t1 BiGL labels" in viewer.layers and "big t1 attention" in viewer.layers
+    worst["segment (update)"] = ticks.run(qtbot, widget.segment, idle).max()
+
+    z = int(np.argmax((big > 0).sum(axis=(1, 2))))
+    ys, xs = np.nonzero(big[z])
+
+    def query():
+        widget.attention_panel.query_check.setChecked(True)
+        viewer.layers[QUERY_LAYER].add(np.array([z, ys.mean(), xs.mean()]))
+
+    worst["attention query"] = ticks.run(qtbot, query, idle).max()
+    widget.attention_panel.query_check.setChecked(False)
+
+    viewer.layers.remove("big t1 BiGL labels")       # adapting the t1 model to a "t2" image: previews add it anew
+    widget.sequence_combo.setCurrentText("t2")
+    widget.adapt_panel.source_edit.setText(str(tiny_dataset))
+    widget.adapt_panel.preview_spin.setValue(1)
+    widget.adapt_panel.adapt_config = lambda: tiny_adapt_config(steps=3)
+    worst["adapt (previews)"] = ticks.run(qtbot, widget.adapt, idle).max()
+    assert widget.current_bundle().sequences == ("t2",)
+
+    text = ", ".join(f"{k} {v:.0f} ms" for k, v in worst.items())
+    assert max(worst.values()) < bound, f"GUI stalled: {text}; bound {bound:.0f} ms (napari floor {floor:.0f} ms)"
 
 
 # --------------------------------------------------------------------------- attention
