@@ -39,6 +39,7 @@ from safetensors.torch import load_file, safe_open, save
 
 from bigl import __version__
 from bigl._fs import atomic_path, check_output
+from bigl.bundles import T1_MODEL
 from bigl.errors import BiglError
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
 from bigl.models.translator import Generator, TranslatorConfig
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 FORMAT = "bigl-bundle"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
-DEMO_BUNDLE = Path(__file__).parent / "data" / "demo_t1.safetensors"
+DEMO_BUNDLE = T1_MODEL  # the default single-sequence model, see bigl.bundles
 
 
 @dataclass

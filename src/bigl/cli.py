@@ -54,10 +54,11 @@ def _bundle_outputs(*paths: str, overwrite: bool) -> None:
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from bigl.phantom import write_dataset
+    from bigl.phantom import PhantomConfig, write_dataset
 
-    paths = write_dataset(args.out, n_cases=args.n_cases, seed=args.seed, preset=args.preset,
-                          overwrite=args.overwrite)
+    cfg = replace(PhantomConfig.preset(args.preset), p_random_contrast=args.random_contrast,
+                  p_healthy=args.healthy if args.healthy is not None else PhantomConfig.p_healthy).validate()
+    paths = write_dataset(args.out, n_cases=args.n_cases, seed=args.seed, preset=cfg, overwrite=args.overwrite)
     print(f"wrote {len(paths)} phantom cases to {args.out}")
     return 0
 
@@ -106,21 +107,28 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from bigl.checkpoint import load_bundle
     from bigl.infer import segment_volume
     from bigl._fs import check_distinct, check_output
-    from bigl.io import NIFTI_OUTPUT, read_input, write_many
+    from bigl.bundles import default_model
+    from bigl.io import NIFTI_OUTPUT, find_case, load_images, read_input, write_many
 
     outputs = [Path(p) for p in (args.out, args.attention, args.probabilities) if p]
     for p in outputs:
         check_output(p, suffix=NIFTI_OUTPUT, overwrite=args.overwrite, what="NIfTI output")
     check_distinct([Path(args.input)] + outputs)
-    bundle = load_bundle(args.model)
-    volume, sequence = read_input(args.input, args.modality)
+    bundle = load_bundle(args.model or default_model(case_folder=Path(args.input).is_dir(), modality=args.modality))
+    if len(bundle.sequences) > 1 and Path(args.input).is_dir():   # a multi-sequence model reads the whole case
+        inputs = load_images(find_case(args.input), bundle.sequences)
+        volume, sequence, label = inputs[bundle.sequences[0]], None, "+".join(bundle.sequences)
+    else:
+        volume, sequence = read_input(args.input, args.modality)
+        inputs, label = volume, sequence or "sequence unknown"
     t0 = time.perf_counter()
-    seg = segment_volume(bundle, volume, sequence=sequence, device=args.device, progress=TextProgress())
+    seg = segment_volume(bundle, inputs, sequence=sequence, device=args.device, progress=TextProgress())
     arrays = [seg.labels] + [a for a, p in ((seg.attention, args.attention), (seg.probabilities, args.probabilities))
                              if p]
     write_many(list(zip(arrays, outputs)), volume, overwrite=args.overwrite)  # all or none
     vols = ", ".join(f"{k} {v:.1f} ml" for k, v in seg.volumes_ml.items())
-    print(f"segmented {volume.path} ({sequence or 'sequence unknown'}) in {time.perf_counter() - t0:.1f} s: {vols}")
+    print(f"segmented {volume.path} ({label}; model {bundle.path.name if bundle.path else '?'}) in "
+          f"{time.perf_counter() - t0:.1f} s: {vols}")
     print(f"wrote {', '.join(str(p) for p in outputs)}")
     return 0
 
@@ -135,7 +143,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model)
     result = evaluate_dataset(bundle, args.data, args.modality, device=args.device, progress=TextProgress(),
                               cavity=args.resection_cavity)
-    print(format_table(result["summary"], f"{bundle.path} on {args.data} ({args.modality}, "
+    print(format_table(result["summary"], f"{bundle.path} on {args.data} ({result['sequence']}, "
                                           f"{len(result['per_case'])} cases)"))
     if args.json:
         print(f"wrote {write_json(result, args.json, overwrite=args.overwrite)}")
@@ -214,10 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-cases", type=_positive_int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="small", help="size preset: tiny | small | brats")
+    p.add_argument("--random-contrast", type=float, default=0.0, metavar="P",
+                   help="share of cases whose tissue intensities are drawn at random (SynthSeg-style, for "
+                        "contrast-agnostic training); default 0: real MR contrast tables, jittered per case")
+    p.add_argument("--healthy", type=float, default=None, metavar="P",
+                   help="share of cases without a tumour (default: the engine's, 5 %%)")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     p.set_defaults(func=_cmd_phantom)
 
-    p = sub.add_parser("train", help="train a segmenter with labels on one sequence")
+    p = sub.add_parser("train", help="train a segmenter with labels on one or several sequences")
     p.add_argument("--data", required=True, help="BraTS-layout dataset folder (case folders with seg files)")
     p.add_argument("--modality", required=True, nargs="+", choices=SEQUENCES, metavar="SEQ",
                    help="input sequence(s) to train on, e.g. t1, or t1 t1ce t2 flair for a multi-sequence model "
@@ -241,9 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("segment", help="segment one volume or case folder")
-    p.add_argument("--model", default=None, help="model bundle (default: the bundled demo model)")
+    p.add_argument("--model", default=None,
+                   help="model bundle (default: the bundled four-sequence model for a case folder without "
+                        "--modality, else the bundled T1 model)")
     p.add_argument("--input", required=True, help="a .nii/.nii.gz file or a BraTS case folder")
-    p.add_argument("--modality", choices=SEQUENCES, help="input sequence (guessed from the file name if omitted)")
+    p.add_argument("--modality", choices=SEQUENCES,
+                   help="input sequence (guessed from the file name if omitted); with a case folder: segment this "
+                        "one sequence with a single-sequence model")
     p.add_argument("--out", required=True, help="label volume to write (.nii.gz), on the input's grid")
     p.add_argument("--attention", help="also write the attention summary volume here")
     p.add_argument("--probabilities", help="also write the 4 class probabilities (4D NIfTI) here")
@@ -253,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="Dice/HD95 of a model on a labelled dataset")
     p.add_argument("--model", default=None, help="model bundle (default: the bundled demo model)")
     p.add_argument("--data", required=True, help="BraTS-layout dataset folder with seg files")
-    p.add_argument("--modality", required=True, choices=SEQUENCES)
+    p.add_argument("--modality", choices=SEQUENCES,
+                   help="sequence to segment (default: the model's own sequence(s); all four for a multi-sequence "
+                        "model)")
     p.add_argument("--json", help="write per-case and summary results to this JSON file")
     p.add_argument("--resection-cavity", choices=("error", "background"), default="error",
                    help="label 4 in a BraTS 2023-named seg file (BraTS 2024 resection cavity): refuse the file "

@@ -20,10 +20,13 @@ from bigl.progress import CancelFn, ProgressFn, Reporter
 REGION_ORDER = ("WT", "TC", "ET", "average")
 
 
-def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], sequence: str, *,
+def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], sequence: str | None = None, *,
                      device: str | torch.device = "auto", progress: ProgressFn | None = None,
                      cancel: CancelFn | None = None, cavity: str = "error") -> dict[str, Any]:
     """Segment ``sequence`` of every labelled case and score it against the labels.
+
+    ``sequence`` None: the bundle's own sequence(s) — every one of them for a
+    multi-sequence bundle.
 
     ``cavity``: what a BraTS 2024 resection-cavity label becomes (see :func:`bigl.io.load_labels`).
     Returns ``{"sequence", "model", "per_case": [{"case", "WT": {...}, ...}], "summary": summarize(...)}``;
@@ -34,21 +37,23 @@ def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], seque
     if unlabelled:
         raise BiglError(f"{data}: evaluation needs a seg file in every case; {len(unlabelled)} case(s) have none "
                         f"({', '.join(unlabelled[:3])}); add their labels or evaluate a folder of labelled cases")
+    sequences = tuple(bundle.sequences) if sequence is None else (sequence,)
     check_sequence(bundle, sequence)
     report = Reporter("evaluate", len(cases), progress, cancel)
     per_case = []
     for i, case in enumerate(cases):
         report(i)
-        image = load_images(case, [sequence])[sequence]
+        images = load_images(case, sequences)
+        image = images[sequences[0]]
         labels = load_labels(case, cavity=cavity)   # checked against every image's grid, this one included
-        seg = segment_volume(bundle, image, device=device, with_attention=False)
+        seg = segment_volume(bundle, images, device=device, with_attention=False)
         if seg.labels.shape != labels.data.shape:   # only a bug can get here; say which case anyway
             raise BiglError(f"{image.path}: prediction {seg.labels.shape} and labels {labels.path} "
                             f"{labels.data.shape} differ in shape; put the case's images and seg on one grid")
         scores = evaluate_case(seg.labels, labels.data, image.spacing)
         per_case.append({"case": case.case_id} | scores)
     report(len(cases))
-    return {"sequence": sequence, "model": str(bundle.path) if bundle.path else None,
+    return {"sequence": "+".join(sequences), "model": str(bundle.path) if bundle.path else None,
             "per_case": per_case, "summary": summarize([{k: v for k, v in c.items() if k != "case"}
                                                          for c in per_case])}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,8 @@ from bigl.io import Volume
 from bigl.metrics import region_volumes
 from bigl.models.segmenter import DualAttentionUNet
 from bigl.models.translator import Generator
-from bigl.preprocess import PreparedVolume, bounding_box, classes_to_labels, prepare, round_up
+from bigl.preprocess import (PreparedVolume, bounding_box, brain_mask, classes_to_labels, inplane_factor, prepare,
+                             resample_inplane, round_up, stack_slices)
 from bigl.progress import CancelFn, ProgressFn, Reporter
 
 log = logging.getLogger(__name__)
@@ -84,10 +86,11 @@ class _Window:
         return cls(np.flatnonzero(mask.any(axis=(1, 2))), ys, xs,
                    (round_up(max(h, 1), stride) - h, round_up(max(w, 1), stride) - w))
 
-    def slices(self, image: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-        crop = image[idx][:, self.y, self.x]
-        crop = np.pad(crop, ((0, 0), (0, self.pad[0]), (0, self.pad[1])))
-        return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[:, None]   # (B, 1, H, W)
+    def slices(self, image: np.ndarray, idx: np.ndarray, context: int = 0) -> torch.Tensor:
+        """Network input (B, C, H, W) of slices ``idx`` of a (z, y, x) or (z, C, y, x) image, 2.5D with ``context``."""
+        crop = stack_slices(image[..., self.y, self.x], idx, context)
+        crop = np.pad(crop, ((0, 0), (0, 0), (0, self.pad[0]), (0, self.pad[1])))
+        return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))
 
     def uncrop(self, t: torch.Tensor) -> np.ndarray:
         h, w = self.y.stop - self.y.start, self.x.stop - self.x.start
@@ -119,9 +122,9 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     if translator is not None:
         translator.to(device).eval()
     K = model.config.num_classes
-    probs = np.zeros((K,) + vol.image.shape, dtype=np.float32)
+    probs = np.zeros((K,) + vol.mask.shape, dtype=np.float32)
     probs[0] = 1.0
-    attention = np.zeros(vol.image.shape, dtype=np.float32)
+    attention = np.zeros(vol.mask.shape, dtype=np.float32)
     # the window must suit both networks when a translator runs first
     win = _Window.for_mask(vol.mask, max(model.stride, translator.stride if translator is not None else 1))
     with_attention = with_attention and model.config.attention
@@ -129,7 +132,7 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     for start in range(0, len(win.z), batch_size):
         report(start)
         idx = win.z[start:start + batch_size]
-        x = win.slices(vol.image, idx).to(device)
+        x = win.slices(vol.image, idx, model.config.context_slices).to(device)
         x_direct = x
         if translator is not None:
             x = translator(x, (x != 0).float())
@@ -152,28 +155,84 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     return probs, attention
 
 
-def segment_volume(bundle: Bundle, volume: Volume | np.ndarray, *, sequence: str | None = None,
+Inputs = Volume | np.ndarray | Mapping[str, Volume | np.ndarray]
+"""What :func:`segment_volume` reads: one volume, or the case's sequences by name (needed by multi-sequence models)."""
+
+
+def model_input(bundle: Bundle, volume: Inputs, spacing: tuple[float, float, float] | None = None
+                ) -> tuple[np.ndarray | list[np.ndarray], tuple[float, float, float]]:
+    """The raw array(s) a bundle reads, in its sequence order, and their voxel spacing; checked before any work.
+
+    A mapping ``{sequence: volume}`` must hold every sequence of a
+    multi-sequence bundle, all on one grid; a single-sequence bundle takes its
+    own sequence from it (or the only one given). A plain volume suits a
+    single-sequence bundle only.
+    """
+    needed = tuple(bundle.sequences)
+    if isinstance(volume, Mapping):
+        if len(needed) == 1 and needed[0] not in volume and len(volume) == 1:
+            needed = tuple(volume)          # one other sequence: segment it (check_sequence warns)
+        missing = [s for s in needed if s not in volume]
+        if missing:
+            raise BiglError(f"this model reads {', '.join(bundle.sequences)}, but {', '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} missing (given: {', '.join(volume) or 'none'}); "
+                            "open every sequence it needs, or use a single-sequence model (--modality)")
+        items = [volume[s] for s in needed]
+        arrays = [v.data if isinstance(v, Volume) else np.asarray(v) for v in items]
+        vols = [v for v in items if isinstance(v, Volume)]
+        if len({a.shape for a in arrays}) > 1 or any(not np.allclose(v.affine, vols[0].affine, atol=1e-3)
+                                                      for v in vols[1:]):
+            where = ", ".join(f"{s} {a.shape}" + (f" ({v.path})" if isinstance(v, Volume) and v.path else "")
+                              for s, a, v in zip(needed, arrays, items))
+            raise BiglError(f"the sequences do not share one voxel grid ({where}); bigl does not register images — "
+                            "co-register them to one grid first (e.g. ANTs antsRegistration, FSL flirt or "
+                            "SimpleITK), as BraTS data already is")
+        if vols:
+            spacing = vols[0].spacing
+        data: np.ndarray | list[np.ndarray] = arrays if len(arrays) > 1 else arrays[0]
+    else:
+        if len(needed) > 1:
+            raise BiglError(f"this model reads {len(needed)} sequences ({', '.join(needed)}) but got one volume; "
+                            "pass the case folder (bigl segment --input CASE_DIR) or use a single-sequence model "
+                            "(--modality)")
+        if isinstance(volume, Volume):
+            data, spacing = volume.data, volume.spacing
+        else:
+            data = np.asarray(volume)
+        arrays = [data]
+    for a in arrays:
+        if a.ndim != 3:
+            raise BiglError(f"expected a 3D (z, y, x) volume, got shape {a.shape}; segment one 3D series at a time")
+    return data, spacing or (1.0, 1.0, 1.0)
+
+
+def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = None,
                    spacing: tuple[float, float, float] | None = None, device: str | torch.device = "auto",
                    batch_size: int = 16, with_attention: bool = True,
                    progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Segmentation:
-    """Segment one raw (un-normalised) volume with a bundle; outputs lie on the input grid.
+    """Segment one raw (un-normalised) volume, or a case's sequences, with a bundle; outputs lie on the input grid.
 
-    ``sequence`` names the input's MR sequence; a sequence the bundle was not
-    trained on still works but raises a :class:`SequenceMismatchWarning`.
+    ``volume`` is a volume, or ``{sequence: volume}`` (see :func:`model_input`;
+    a multi-sequence bundle needs every sequence it was trained on).
+    ``sequence`` names a single input's MR sequence; a sequence the bundle was
+    not trained on still works but raises a :class:`SequenceMismatchWarning`.
     """
+    if isinstance(volume, Mapping) and len(volume) == 1 and sequence is None:
+        sequence = next(iter(volume))
     check_sequence(bundle, sequence)
     warn_about_input(volume)   # anisotropic, oblique or not skull-stripped: say so, then go on
-    if isinstance(volume, Volume):
-        data, spacing = volume.data, volume.spacing
-    else:
-        data, spacing = np.asarray(volume), spacing or (1.0, 1.0, 1.0)
-    if data.ndim != 3:
-        raise BiglError(f"expected a 3D (z, y, x) volume, got shape {data.shape}; segment one 3D series at a time")
+    data, spacing = model_input(bundle, volume, spacing)
     dev = resolve_device(device)
     bundle.segmenter.to(dev)
-    probs, attention = predict_prepared(bundle.segmenter, prepare(data), device=dev, batch_size=batch_size,
-                                        with_attention=with_attention, **bundle_translation(bundle),
-                                        progress=progress, cancel=cancel)
+    # a 2D network sees structures at the pixel size it was trained at: other in-plane resolutions go there and back
+    factor = inplane_factor(spacing, bundle.normalization.get("inplane_spacing_mm"))
+    arrays = data if isinstance(data, list) else [data]
+    model_data = [resample_inplane(a, factor) for a in arrays] if factor else arrays
+    probs, attention = predict_prepared(bundle.segmenter, prepare(model_data if len(arrays) > 1 else model_data[0]),
+                                        device=dev, batch_size=batch_size, with_attention=with_attention,
+                                        **bundle_translation(bundle), progress=progress, cancel=cancel)
+    if factor:
+        probs, attention = _back_to_grid(probs, attention, arrays)
     labels = classes_to_labels(probs.argmax(axis=0))
     return Segmentation(labels, probs, attention, region_volumes(labels, spacing))
 
@@ -194,8 +253,21 @@ def uncertainty(probabilities: np.ndarray) -> np.ndarray:
     return np.clip(plogp / np.float32(np.log(p.shape[0])), 0.0, 1.0)
 
 
+def _back_to_grid(probs: np.ndarray, attention: np.ndarray, arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (K, z, h, w) and attention (z, h, w) interpolated (bilinear) onto the input's (z, y, x) grid."""
+    size = arrays[0].shape[1:]
+    p = F.interpolate(torch.from_numpy(probs).transpose(0, 1), size=size, mode="bilinear", align_corners=False,
+                      antialias=True).transpose(0, 1).numpy()
+    a = F.interpolate(torch.from_numpy(attention)[:, None], size=size, mode="bilinear", align_corners=False,
+                      antialias=True)[:, 0].numpy()
+    outside = ~np.logical_or.reduce([brain_mask(x) for x in arrays])
+    p[:, outside] = np.eye(p.shape[0], dtype=np.float32)[0][:, None]
+    a[outside] = 0
+    return np.ascontiguousarray(p), np.ascontiguousarray(a)
+
+
 @torch.inference_mode()
-def attention_query(bundle: Bundle, volume: Volume | np.ndarray, z: int, y: int, x: int, *,
+def attention_query(bundle: Bundle, volume: Inputs, z: int, y: int, x: int, *,
                     device: str | torch.device = "auto") -> np.ndarray:
     """Position-attention row of pixel (y, x) on slice z, upsampled to the slice: where Φ looks for that pixel.
 
@@ -203,17 +275,17 @@ def attention_query(bundle: Bundle, volume: Volume | np.ndarray, z: int, y: int,
     outside the brain window or when (y, x) lies outside the brain window.
     """
     model = bundle.segmenter
-    data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
-    out_map = np.zeros(data.shape[1:], dtype=np.float32)
-    if not model.config.attention or not (0 <= z < data.shape[0]):
-        return out_map
+    data, _ = model_input(bundle, volume)
     vol = prepare(data)
+    out_map = np.zeros(vol.mask.shape[1:], dtype=np.float32)
+    if not model.config.attention or not (0 <= z < vol.mask.shape[0]):
+        return out_map
     win = _Window.for_mask(vol.mask, model.stride)
     if not (win.y.start <= y < win.y.stop and win.x.start <= x < win.x.stop) or not vol.mask[z].any():
         return out_map
     dev = resolve_device(device)
     model.to(dev).eval()
-    xin = win.slices(vol.image, np.array([z])).to(dev)
+    xin = win.slices(vol.image, np.array([z]), model.config.context_slices).to(dev)
     out = model(xin, return_extras=True)
     gh, gw = out.feature.shape[-2:]
     H, W = xin.shape[-2:]

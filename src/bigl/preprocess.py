@@ -77,12 +77,23 @@ def crop_or_pad_2d(image: np.ndarray, center: tuple[float, float], size: tuple[i
 
 @dataclass
 class PreparedVolume:
-    """A normalised volume ready for slicing: image, brain mask and (optionally) class indices."""
+    """A normalised volume ready for slicing: image, brain mask and (optionally) class indices.
 
-    image: np.ndarray               # (z, y, x) float32, normalised
+    One sequence: ``image`` is (z, y, x). Several sequences (a multi-sequence
+    model's input): ``image`` is (z, C, y, x), channels in the model's sequence
+    order, each normalised on its own; ``image[k]`` is then slice ``k`` of every
+    channel.
+    """
+
+    image: np.ndarray               # (z, y, x) or (z, C, y, x) float32, normalised
     mask: np.ndarray                # (z, y, x) bool
     target: np.ndarray | None       # (z, y, x) int64 class indices 0..3, or None when unlabelled
     name: str = ""
+    spacing: tuple[float, float, float] | None = None   # mm (z, y, x), when known
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.image.ndim == 3 else self.image.shape[1]
 
     @property
     def brain_slices(self) -> np.ndarray:
@@ -117,11 +128,67 @@ def classes_to_labels(classes: np.ndarray) -> np.ndarray:
     return np.asarray(LABEL_VALUES, dtype=np.uint8)[classes]
 
 
-def prepare(image: np.ndarray, labels: np.ndarray | None = None, name: str = "") -> PreparedVolume:
-    """Mask and normalise one raw volume (and map its labels to class indices)."""
-    mask = brain_mask(image)
+def prepare(image: np.ndarray | list[np.ndarray], labels: np.ndarray | None = None, name: str = "") -> PreparedVolume:
+    """Mask and normalise one raw volume, or a list of co-registered sequences (and map labels to class indices).
+
+    A list gives a (z, C, y, x) image; each sequence is normalised inside its
+    own brain mask, and the volume's mask is their union.
+    """
     target = labels_to_classes(labels) if labels is not None else None
-    return PreparedVolume(normalize(image, mask), mask, target, name)
+    if isinstance(image, np.ndarray):
+        mask = brain_mask(image)
+        return PreparedVolume(normalize(image, mask), mask, target, name)
+    masks = [brain_mask(im) for im in image]
+    stacked = np.stack([normalize(im, m) for im, m in zip(image, masks)], axis=1)
+    return PreparedVolume(stacked, np.logical_or.reduce(masks), target, name)
+
+
+def inplane_factor(spacing: tuple[float, float, float], target: tuple[float, float] | None,
+                   tolerance: float = 0.1) -> tuple[float, float] | None:
+    """Zoom factors (y, x) that bring ``spacing`` to the ``target`` in-plane spacing, or None when within tolerance."""
+    if not target:
+        return None
+    f = (spacing[1] / target[0], spacing[2] / target[1])
+    return f if any(abs(v - 1) > tolerance for v in f) else None
+
+
+def resample_inplane(volume: np.ndarray, factor: tuple[float, float], *, labels: bool = False) -> np.ndarray:
+    """Zoom the last two axes of a (z, y, x) volume by ``factor``: linear for images, nearest for labels.
+
+    The network is 2D and learns structures at the pixel size it was trained
+    at, so an input at another in-plane resolution is brought to it first
+    (slice thickness does not change what a 2D network sees).
+    """
+    zoom = (1.0,) * (volume.ndim - 2) + tuple(factor)
+    return ndimage.zoom(volume, zoom, order=0 if labels else 1, grid_mode=True, mode="grid-constant")
+
+
+def resample_prepared(vol: PreparedVolume, inplane_mm: tuple[float, float]) -> PreparedVolume:
+    """``vol`` at the in-plane spacing ``inplane_mm`` (unchanged when already within 10 %); needs ``vol.spacing``."""
+    factor = inplane_factor(vol.spacing, inplane_mm)
+    if factor is None:
+        return vol
+    mask = resample_inplane(vol.mask, factor, labels=True)
+    image = np.moveaxis(vol.image, 1, 0) if vol.image.ndim == 4 else vol.image[None]        # (C, z, y, x)
+    image = np.stack([resample_inplane(c, factor) for c in image], axis=1 if vol.image.ndim == 4 else 0)
+    image = (image[0] if vol.image.ndim == 3 else image) * (mask if vol.image.ndim == 3 else mask[:, None])
+    target = resample_inplane(vol.target, factor, labels=True) if vol.target is not None else None
+    return PreparedVolume(image.astype(np.float32), mask, target, vol.name,
+                          (vol.spacing[0], float(inplane_mm[0]), float(inplane_mm[1])))
+
+
+def stack_slices(image: np.ndarray, idx: np.ndarray, context: int = 0) -> np.ndarray:
+    """Network input channels of slices ``idx``: (B, C * (2 * context + 1), y, x).
+
+    2.5D input: slice ``k`` with its ``context`` neighbours on each side
+    (clamped at the volume's ends), neighbour-major, then sequence channels.
+    """
+    idx = np.asarray(idx)
+    if context:
+        offsets = np.arange(-context, context + 1)
+        idx = np.clip(idx[:, None] + offsets[None], 0, image.shape[0] - 1)       # (B, 2c+1)
+    out = image[idx]                                  # (B, y, x), (B, C, y, x), (B, 2c+1, y, x) or (B, 2c+1, C, y, x)
+    return out.reshape(len(idx), -1, *image.shape[-2:])
 
 
 def patch_size_for(volumes: list[PreparedVolume], stride: int, margin: int = 4) -> tuple[int, int]:

@@ -1,27 +1,37 @@
-"""Supervised training of the dual-attention U-Net on one input sequence (paper Stage 2 without adaptation).
+"""Supervised training of the dual-attention U-Net on one or several input sequences (paper Stage 2 without
+adaptation).
 
 Data: a BraTS-layout dataset folder; cases are split (seeded, by subject) into
 training and held-out validation cases. Training draws axial slices that
 contain brain, oversampling slices with tumour, cut to a fixed in-plane window
-around the brain (random offset), with light augmentation (left-right flip,
-intensity scale/shift inside the brain). Loss: cross-entropy + generalised
-Dice (paper Eq. 4). Optimiser: Adam with polynomial learning-rate decay
-(power 0.9). Every ``val_every`` steps the whole validation volumes are
-segmented and the mean WT/TC/ET Dice is computed; the best model by that Dice
-and the last model are both saved as bundles.
+around the brain (random offset); the input channels are the model's
+sequences (and, for 2.5D models, neighbouring slices). Batches are prepared on
+a background thread and augmented on the fly (:mod:`bigl.data.augment`:
+spatial, intensity and optionally contrast randomisation). Loss:
+cross-entropy + generalised Dice (paper Eq. 4). Optimiser: Adam with
+polynomial learning-rate decay (power 0.9). Every ``val_every`` steps the
+whole validation volumes are segmented and the mean WT/TC/ET Dice is
+computed. The best model so far is kept at ``<out stem>.partial.safetensors``
+and moved to ``out`` when training ends, the last model written beside it;
+a cancelled or killed run leaves only the ``.partial`` file, nothing that
+looks finished.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bigl.checkpoint import Bundle, jsonable, load_bundle, save_bundle
+from bigl._fs import check_output
+from bigl.checkpoint import Bundle, jsonable, load_bundle, partial_path, promote_partial, save_bundle
+from bigl.data.augment import CONTRAST_METHODS, AugmentConfig, augment_batch
 from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
 from bigl.io import Case, list_cases, load_images, load_labels
@@ -29,7 +39,7 @@ from bigl.losses import segmentation_loss
 from bigl.metrics import evaluate_case, summarize
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
 from bigl.preprocess import (NORMALIZATION, PreparedVolume, SliceSampler, classes_to_labels, crop_or_pad_2d,
-                             patch_size_for, prepare)
+                             patch_size_for, prepare, resample_prepared, stack_slices)
 from bigl.progress import Cancelled, CancelFn, ProgressFn, Reporter
 
 log = logging.getLogger(__name__)
@@ -49,9 +59,21 @@ class TrainConfig:
     max_val_cases: int = 4
     tumour_fraction: float = 0.6      # share of slices drawn from slices with tumour
     jitter: int = 8                   # random in-plane offset of the window, pixels
-    augment: bool = True
+    augment: bool = True              # on-the-fly augmentation (bigl.data.augment), configured by `augmentation`
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)  # in_channels is set from the sequences
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "val_every", "max_val_cases"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BiglError(f"training setting {name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise BiglError(f"training setting lr must be > 0, got {self.lr!r}")
+        if self.augmentation.contrast_method not in CONTRAST_METHODS:
+            raise BiglError(f"contrast augmentation must be one of {', '.join(CONTRAST_METHODS)}, "
+                            f"got {self.augmentation.contrast_method!r}")
 
 
 @dataclass
@@ -79,37 +101,52 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
-def load_prepared(cases: list[Case], sequence: str, *, labels: bool) -> list[PreparedVolume]:
-    """Read and normalise one sequence (and, if asked, the labels) of each case."""
+def load_prepared(cases: list[Case], sequences: str | Sequence[str], *, labels: bool,
+                  inplane_mm: tuple[float, float] | None = None) -> list[PreparedVolume]:
+    """Read and normalise one sequence, or several as channels (and, if asked, the labels) of each case.
+
+    ``inplane_mm``: bring every volume to this in-plane (y, x) spacing
+    (:func:`bigl.preprocess.resample_prepared`); None keeps each as it is.
+    """
+    seqs = [sequences] if isinstance(sequences, str) else list(sequences)
     out = []
     for case in cases:
-        image = load_images(case, [sequence])[sequence].data
+        images = load_images(case, seqs)
         seg = load_labels(case).data if labels else None
-        out.append(prepare(image, seg, name=case.case_id))
+        data = images[seqs[0]].data if len(seqs) == 1 else [images[s].data for s in seqs]
+        vol = prepare(data, seg, name=case.case_id)
+        vol.spacing = images[seqs[0]].spacing
+        out.append(resample_prepared(vol, inplane_mm) if inplane_mm else vol)
     return out
 
 
 def sample_batch(volumes: list[PreparedVolume], sampler: SliceSampler, patch: tuple[int, int], batch_size: int,
-                 rng: np.random.Generator, *, jitter: int, augment: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A batch of (image (B,1,H,W), target (B,H,W) or None) windows from random brain slices."""
+                 rng: np.random.Generator, *, jitter: int, augment: bool, context: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch of (image (B,C,H,W), target (B,H,W) or None) windows from random brain slices.
+
+    C = sequences x (2 * context + 1). ``augment`` is the light augmentation
+    adaptation uses (left-right flip, intensity scale/shift); supervised
+    training augments afterwards with :func:`bigl.data.augment.augment_batch`.
+    """
     images, targets = [], []
     for _ in range(batch_size):
         i, k = sampler.sample(rng)
         v = volumes[i]
         cy, cx = v.brain_center
         center = (cy + rng.integers(-jitter, jitter + 1), cx + rng.integers(-jitter, jitter + 1)) if jitter else (cy, cx)
-        img = crop_or_pad_2d(v.image[k], center, patch)
+        img = crop_or_pad_2d(stack_slices(v.image, np.array([k]), context)[0], center, patch)   # (C, h, w)
         tgt = crop_or_pad_2d(v.target[k], center, patch) if v.target is not None else None
         if augment:
-            if rng.random() < 0.5:
-                img = img[:, ::-1]
+            if rng.random() < 0.5:  # left-right
+                img = img[..., ::-1]
                 tgt = tgt[:, ::-1] if tgt is not None else None
             inside = img != 0
             img = np.where(inside, img * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1), 0)
         images.append(np.ascontiguousarray(img, dtype=np.float32))
         if tgt is not None:
             targets.append(np.ascontiguousarray(tgt))
-    x = torch.from_numpy(np.stack(images))[:, None]
+    x = torch.from_numpy(np.stack(images))
     y = torch.from_numpy(np.stack(targets)) if targets else None
     return x, y
 
@@ -131,78 +168,109 @@ def poly_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, total: 
         group["lr"] = base_lr * (1 - step / total) ** power
 
 
-def train(data: str | Path | list[Case], sequence: str, out: str | Path, config: TrainConfig | None = None, *,
-          device: str | torch.device = "auto", overwrite: bool = False,
-          progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> TrainResult:
-    """Train a segmenter on ``sequence`` of a labelled dataset; save best to ``out`` and last beside it.
+def _sequences(sequences: str | Sequence[str]) -> tuple[str, ...]:
+    from bigl.io import SEQUENCES
 
-    ``out`` must end in ``.safetensors``; the last checkpoint goes to
-    ``<out stem>.last.safetensors``. Cancelling (``cancel()`` true) stops at the
-    next step and raises :class:`~bigl.progress.Cancelled`; checkpoints already
-    written stay valid.
+    seqs = (sequences,) if isinstance(sequences, str) else tuple(sequences)
+    bad = [q for q in seqs if q not in SEQUENCES]
+    if not seqs or bad or len(set(seqs)) != len(seqs):
+        raise BiglError(f"sequences {list(seqs)}: give one or more distinct sequences from {', '.join(SEQUENCES)}")
+    return seqs
+
+
+def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: str | Path,
+          config: TrainConfig | None = None, *, device: str | torch.device = "auto", overwrite: bool = False,
+          progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> TrainResult:
+    """Train a segmenter on ``sequences`` (one, or several as input channels) of a labelled dataset.
+
+    The best model by validation Dice goes to ``out`` (must end in
+    ``.safetensors``), the last to ``<out stem>.last.safetensors``, when
+    training ends; until then the best so far is ``<out stem>.partial.safetensors``.
+    Cancelling (``cancel()`` true) stops at the next step, leaves only that
+    partial file and raises :class:`~bigl.progress.Cancelled`.
     """
     cfg = config or TrainConfig()
+    seqs = _sequences(sequences)
     out = Path(out)
     last_out = out.with_name(out.stem + ".last.safetensors")
     for p in (out, last_out):
-        if p.exists() and not overwrite:
-            raise BiglError(f"{p} already exists; pass --overwrite to replace it or choose another --out")
+        check_output(p, suffix=".safetensors", overwrite=overwrite, what="model bundle")
     cases = list_cases(data) if not isinstance(data, list) else data
     if len(cases) < 2:
         raise BiglError(f"{data}: training needs at least 2 labelled cases (one is held out for validation)")
     missing = [c.case_id for c in cases if not c.has_labels]
     if missing:
         raise BiglError(f"{data}: cases without a seg file cannot be used for supervised training: {missing[:5]}")
+    lacking = [c.case_id for c in cases if not set(seqs) <= set(c.sequences)]
+    if lacking:
+        raise BiglError(f"{data}: cases without every sequence of {', '.join(seqs)}: {lacking[:5]}; "
+                        "remove them or train on sequences every case has")
     dev = resolve_device(device)
     rng = seed_everything(cfg.seed)
     t0 = time.perf_counter()
 
     train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
     val_cases = val_cases[:cfg.max_val_cases]
-    log.info("training on %d cases, validating on %d (%s)", len(train_cases), len(val_cases), sequence)
-    train_vols = load_prepared(train_cases, sequence, labels=True)
-    val_vols = load_prepared(val_cases, sequence, labels=True)
-    val_spacing = [load_labels(c).spacing for c in val_cases]
+    log.info("training on %d cases, validating on %d (%s)", len(train_cases), len(val_cases), ", ".join(seqs))
+    train_vols = load_prepared(train_cases, seqs, labels=True)
+    # the resolution the model learns at: the training cases' median in-plane spacing; others are brought to it
+    inplane = tuple(float(v) for v in np.median([v.spacing[1:] for v in train_vols], axis=0))
+    train_vols = [resample_prepared(v, inplane) for v in train_vols]
+    val_vols = load_prepared(val_cases, seqs, labels=True, inplane_mm=inplane)
+    val_spacing = [v.spacing for v in val_vols]
+    normalization = NORMALIZATION | {"inplane_spacing_mm": list(inplane)}
 
-    model = DualAttentionUNet(cfg.segmenter).to(dev)
+    context = cfg.segmenter.context_slices
+    seg_cfg = replace(cfg.segmenter, in_channels=len(seqs) * (2 * context + 1))
+    model = DualAttentionUNet(seg_cfg).to(dev)
     patch = patch_size_for(train_vols, model.stride)
     sampler = SliceSampler(train_vols, cfg.tumour_fraction)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     provenance = {"command": "train", "data": str(data if not isinstance(data, list) else cases[0].path.parent),
                   "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
-                  "sequence": sequence, "config": jsonable(asdict(cfg)), "device": str(dev)}
+                  "sequences": list(seqs), "config": jsonable(asdict(replace(cfg, segmenter=seg_cfg))),
+                  "device": str(dev)}
 
     def make_bundle(step: int, metrics: dict[str, float]) -> Bundle:
-        return Bundle(segmenter=model, sequences=(sequence,), patch_size=patch, normalization=NORMALIZATION,
+        return Bundle(segmenter=model, sequences=seqs, patch_size=patch, normalization=normalization,
                       provenance=provenance | {"steps": step, "val_metrics": metrics,
                                                "seconds": round(time.perf_counter() - t0, 1)})
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        return sample_batch(train_vols, sampler, patch, cfg.batch_size, rng, jitter=cfg.jitter, augment=False,
+                            context=context)
 
     history: list[dict[str, float]] = []
     best = -1.0
     report = Reporter("train", cfg.steps, progress, cancel)
     running = 0.0
-    for step in range(1, cfg.steps + 1):
-        model.train()
-        poly_lr(optimizer, cfg.lr, step - 1, cfg.steps, cfg.lr_power)
-        x, y = sample_batch(train_vols, sampler, patch, cfg.batch_size, rng, jitter=cfg.jitter, augment=cfg.augment)
-        loss = segmentation_loss(model(x.to(dev)), y.to(dev))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
-        metrics = {"loss": running}
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            metrics |= validate(model, val_vols, val_spacing, dev)
-            history.append({"step": step} | metrics)
-            log.info("step %d %s", step, {k: round(v, 4) for k, v in metrics.items()})
-            if metrics["average_dice"] > best:
-                best = metrics["average_dice"]
-                save_bundle(make_bundle(step, metrics), out, overwrite=True)
-        try:
-            report(step, **metrics)
-        except Cancelled:
-            save_bundle(make_bundle(step, history[-1] if history else {}), last_out, overwrite=True)
-            raise
+    # The next batch is cut on a worker thread while the network trains (numpy releases the GIL);
+    # one worker draws every batch in order, so a seed gives the same batches.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next_batch)
+        for step in range(1, cfg.steps + 1):
+            model.train()
+            poly_lr(optimizer, cfg.lr, step - 1, cfg.steps, cfg.lr_power)
+            x, y = pending.result()
+            if step < cfg.steps:
+                pending = pool.submit(next_batch)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if cfg.augment:
+                x, y = augment_batch(x, y, cfg.augmentation)
+            loss = segmentation_loss(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
+            metrics = {"loss": running}
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                metrics |= validate(model, val_vols, val_spacing, dev)
+                history.append({"step": step} | metrics)
+                log.info("step %d %s", step, {k: round(v, 4) for k, v in metrics.items()})
+                if metrics["average_dice"] > best:
+                    best = metrics["average_dice"]
+                    save_bundle(make_bundle(step, metrics), partial_path(out), overwrite=True)
+            report(step, **metrics)      # raises Cancelled when asked to stop: only the .partial file stays
     save_bundle(make_bundle(cfg.steps, history[-1]), last_out, overwrite=True)
+    promote_partial(out)
     return TrainResult(load_bundle(out, device=dev), out, last_out, history, best, time.perf_counter() - t0)
-

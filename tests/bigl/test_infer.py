@@ -55,9 +55,9 @@ def test_attention_query_row(tiny_bundle_path, case_t1):
     assert attention_query(b, case_t1, z, 0, 0, device="cpu").max() == 0   # outside the brain: nothing
 
 
-def test_bad_input_and_device():
+def test_bad_input_and_device(tiny_bundle_path):
     with pytest.raises(BiglError, match="3D"):
-        segment_volume(None, np.zeros((4, 4)), device="cpu")
+        segment_volume(load_bundle(tiny_bundle_path), np.zeros((4, 4)), device="cpu")
     with pytest.raises(BiglError, match="unknown device"):
         resolve_device("tpu")
 

@@ -102,8 +102,6 @@ def test_sigkill_during_segment(tiny_dataset, tiny_bundle_path, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="train.py must write best-so-far to checkpoint.partial_path(out) and "
-                                       "promote_partial(out) at the end (issue 18; train.py is the lead's)")
 def test_sigkill_during_train_leaves_nothing_finished_looking(tiny_dataset, tmp_path):
     rng = random.Random(SEED)
     print(f"seed {SEED}")

@@ -31,17 +31,18 @@ def test_training_is_reproducible(tiny_dataset, tmp_path):
         assert torch.equal(va, vb), k
 
 
-def test_cancel_stops_and_keeps_a_valid_last_checkpoint(tiny_dataset, tmp_path):
+def test_cancel_stops_and_leaves_only_the_partial_best(tiny_dataset, tmp_path):
     calls = []
 
     def cancel():
         calls.append(1)
-        return len(calls) >= 2
+        return len(calls) >= 4
 
     with pytest.raises(Cancelled):
         train(tiny_dataset, "t1", tmp_path / "m.safetensors", TrainConfig(steps=50, **SMALL), device="cpu",
               cancel=cancel)
-    assert load_bundle(tmp_path / "m.last.safetensors").provenance["steps"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.partial.safetensors"]   # nothing looks finished
+    assert load_bundle(tmp_path / "m.partial.safetensors").provenance["steps"] == 3  # the validated best so far
 
 
 def test_refuses_to_overwrite(tiny_dataset, tmp_path):
@@ -59,3 +60,63 @@ def test_training_reaches_a_useful_model(tmp_path):
     write_dataset(tmp_path / "data", n_cases=10, seed=3, preset="small")
     res = train(tmp_path / "data", "t1", tmp_path / "m.safetensors", TrainConfig(), device="cpu")
     assert res.history[-1]["WT_dice"] >= 0.8 or max(h["WT_dice"] for h in res.history) >= 0.8
+
+
+def test_multi_sequence_model_round_trip_and_inputs(tiny_dataset, tmp_path):
+    """A t1+t2 model records its channel order; segmenting needs both sequences on one grid."""
+    import numpy as np
+
+    from bigl.infer import segment_volume
+    from bigl.io import list_cases, load_images
+
+    res = train(tiny_dataset, ["t2", "t1"], tmp_path / "m.safetensors", TrainConfig(steps=2, **SMALL), device="cpu")
+    doc = read_document(res.best_path)
+    assert doc["sequences"] == ["t2", "t1"] and doc["segmenter"]["in_channels"] == 2
+    bundle = load_bundle(res.best_path)
+    assert bundle.sequences == ("t2", "t1")
+    images = load_images(list_cases(tiny_dataset)[0])
+    seg = segment_volume(bundle, images, device="cpu")
+    assert seg.labels.shape == images["t1"].data.shape and seg.probabilities.shape[0] == 4
+    with pytest.raises(BiglError, match="t2 is missing"):
+        segment_volume(bundle, {"t1": images["t1"]}, device="cpu")
+    with pytest.raises(BiglError, match="got one volume"):
+        segment_volume(bundle, images["t1"], device="cpu")
+    with pytest.raises(BiglError, match="do not share one voxel grid"):
+        segment_volume(bundle, {"t1": images["t1"].data, "t2": np.pad(images["t2"].data, 1)}, device="cpu")
+
+
+def test_2p5d_model_reads_neighbouring_slices(tiny_dataset, tmp_path):
+    from bigl.infer import segment_volume
+    from bigl.io import list_cases, load_images
+
+    cfg = TrainConfig(steps=2, batch_size=4, val_every=3,
+                      segmenter=SegmenterConfig(widths=(8, 16, 32), context_slices=1))
+    res = train(tiny_dataset, "t1", tmp_path / "m.safetensors", cfg, device="cpu")
+    bundle = load_bundle(res.best_path)
+    assert bundle.segmenter.config.in_channels == 3 and bundle.segmenter.config.context_slices == 1
+    image = load_images(list_cases(tiny_dataset)[0], ["t1"])["t1"]
+    assert segment_volume(bundle, image, device="cpu").labels.shape == image.data.shape
+
+
+def test_stack_slices_layout():
+    import numpy as np
+
+    from bigl.preprocess import stack_slices
+
+    vol = np.arange(5)[:, None, None] * np.ones((5, 3, 4))                 # slice k holds k
+    out = stack_slices(vol, np.array([0, 2, 4]), context=1)
+    assert out.shape == (3, 3, 3, 4)
+    assert out[:, :, 0, 0].tolist() == [[0, 0, 1], [1, 2, 3], [3, 4, 4]]  # clamped at the ends
+    multi = np.stack([vol, -vol], axis=1)                                  # (z, C=2, y, x)
+    out = stack_slices(multi, np.array([2]), context=1)
+    assert out.shape == (1, 6, 3, 4) and out[0, :, 0, 0].tolist() == [1, -1, 2, -2, 3, -3]
+
+
+def test_bad_training_settings_fail_before_work(tiny_dataset, tmp_path):
+    with pytest.raises(BiglError, match="steps must be a positive integer"):
+        TrainConfig(steps=0)
+    with pytest.raises(BiglError, match="distinct sequences"):
+        train(tiny_dataset, ["t1", "t1"], tmp_path / "m.safetensors", TrainConfig(steps=1, **SMALL), device="cpu")
+    with pytest.raises(BiglError, match="must end in .safetensors"):
+        train(tiny_dataset, "t1", tmp_path / "m.pt", TrainConfig(steps=1, **SMALL), device="cpu")
+    assert not list(tmp_path.iterdir())

@@ -139,6 +139,7 @@ class SegmenterConfig:
     attention: bool = True  # False -> the same class is a plain U-Net
     attention_reduction: int = 8  # query/key channels = C // reduction (min 1)
     dropout: float = 0.0  # Dropout2d on ξ_B (end of the encoder), as in the original U-Net
+    context_slices: int = 0  # 2.5D input: neighbouring slices on each side; in_channels = sequences x (2c + 1)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -156,6 +157,7 @@ class SegmenterConfig:
         _check_norm(self)
         _check(isinstance(self.attention, bool), name, f"attention must be a bool, got {self.attention!r}.")
         _check_int(self, "attention_reduction", 1)
+        _check_int(self, "context_slices", 0)
         _check(
             isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool) and 0.0 <= self.dropout < 1.0,
             name,

@@ -1,0 +1,23 @@
+"""The model bundles shipped with bigl, and which one a command uses when no ``--model`` is given.
+
+- ``t1.safetensors``: a single-sequence T1 model. Used for one volume (a file,
+  or ``--modality X``); on another sequence it warns and points at
+  adaptation ("Adapt to this modality" / ``bigl adapt``), which starts from it.
+- ``multi.safetensors``: a four-sequence model (t1, t1ce, t2, flair as input
+  channels). Used for a case folder when no ``--modality`` is given.
+
+Both are trained by the documented commands in ``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUNDLE_DIR = Path(__file__).resolve().parent
+T1_MODEL = BUNDLE_DIR / "t1.safetensors"
+MULTI_MODEL = BUNDLE_DIR / "multi.safetensors"
+
+
+def default_model(*, case_folder: bool, modality: str | None) -> Path:
+    """The bundled model for an input: the four-sequence model for a whole case folder, else the T1 model."""
+    return MULTI_MODEL if case_folder and modality is None else T1_MODEL
