@@ -115,7 +115,7 @@ class JobBar(QWidget):
         self.progress_bar.setRange(0, 0)
         self.progress_bar.setFormat(f"{name}…")
         self.run(work, job.cancel, connect={
-            "returned": functools.partial(self._returned, job, done, None if keep_if_cancelled else failed),
+            "returned": functools.partial(self._returned, job, done, failed, keep_if_cancelled),
             "errored": functools.partial(self._errored, job, failed),
             "finished": functools.partial(self._finished, job)})
         return job
@@ -127,9 +127,10 @@ class JobBar(QWidget):
         worker.finished.connect(functools.partial(self.workers.discard, worker))
         worker.start()
 
-    def _returned(self, job: Job, done: Callable[[Any], Any], drop: Callable[[], None] | None, result: Any) -> None:
-        if job.cancel() and drop is not None:
-            self._errored(job, drop, Cancelled())
+    def _returned(self, job: Job, done: Callable[[Any], Any], failed: Callable[[], None] | None, keep: bool,
+                  result: Any) -> None:
+        if job.cancel() and not keep:
+            self._errored(job, failed, Cancelled())
             return
         try:
             steps = done(result)
