@@ -1,9 +1,12 @@
-"""Render docs/napari_screenshot.png: napari with the BiGL Segment widget after segmenting a sample case.
+"""Render the plugin's pictures in docs/: 2D overlay with an attention query, uncertainty, 3D view, adaptation.
 
 Usage (from the repository root; napari needs an X server, a virtual one is fine):
 
-    xvfb-run -a .venv/bin/python scripts/screenshot.py [--case sample_data/Phantom_0_000] \
-        [--model src/bigl/data/demo_t1.safetensors] [--out docs/napari_screenshot.png]
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot.py \
+        [--case sample_data/Phantom_0_000] [--model BUNDLE] [--out docs/napari_screenshot.png] [--adapt-steps 40]
+
+Writes ``--out`` (the 2D overlay) and, beside it, ``napari_uncertainty.png``,
+``napari_3d.png`` and (unless ``--adapt-steps 0``) ``napari_adapt.png``.
 
 What it does, as a user would: opens the case folder with the napari-bigl
 reader, docks "BiGL Segment" from the plugin manifest, segments the T1 series
@@ -23,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _wait(app, done, timeout: float = 300.0) -> None:
+def _wait(app, done, timeout: float = 300.0) -> None:  # noqa: D401
     """Run the Qt event loop until ``done()`` (the widget's work runs in worker threads)."""
     t0 = time.perf_counter()
     while not done():
@@ -39,6 +42,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="model bundle (default: the demo T1 model)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "napari_screenshot.png")
     parser.add_argument("--size", type=int, nargs=2, default=(1400, 900), metavar=("W", "H"))
+    parser.add_argument("--adapt-steps", type=int, default=40,
+                        help="alignment and translator steps of the adaptation picture (0: skip it)")
     args = parser.parse_args()
 
     import napari
@@ -68,9 +73,9 @@ def main() -> None:
     ys, xs = np.nonzero(tumour[z])
     viewer.dims.set_current_step(0, z)
 
-    widget.query_check.setChecked(True)                      # where does the network look for this voxel?
+    widget.attention_panel.query_check.setChecked(True)                      # where does the network look for this voxel?
     viewer.layers[viewer.layers.index("attention query")].add([z, float(np.median(ys)), float(np.median(xs))])
-    _wait(app, lambda: not widget._workers)
+    _wait(app, lambda: not widget.jobs.workers)
     viewer.layers.selection.active = labels
     # Additive heat maps vanish on bright tissue: show the anatomy mid-grey, as a reader would to inspect attention.
     t1 = viewer.layers[f"{case_id} t1"]
@@ -79,13 +84,49 @@ def main() -> None:
     viewer.scene.camera.orientation2d = ("up", "right")      # axis 1 runs posterior -> anterior: anterior up
     viewer.dims.axis_labels = ("z", "y", "x")                # bigl.io's axis order (axial slices along z)
     viewer.reset_view()
+    shoot(app, viewer, args.out, f"case {case_id}, slice {z}, {widget.segment_panel.volumes_label.text()}")
+
+    widget.attention_panel.query_check.setChecked(False)
+    viewer.layers[f"{case_id} t1 attention"].visible = False
+    widget.segment_panel.uncertainty_check.setChecked(True)                # where is the model unsure?
+    viewer.layers.selection.active = viewer.layers[f"{case_id} t1 uncertainty"]
+    shoot(app, viewer, args.out.with_name("napari_uncertainty.png"), "uncertainty layer")
+    widget.segment_panel.uncertainty_check.setChecked(False)
+    viewer.layers[f"{case_id} t1 attention"].visible = True
+
+    widget.show_3d()                                                       # labels with the image in 3D
+    viewer.camera.angles = (-20.0, 35.0, 125.0)
+    viewer.camera.zoom *= 1.3
+    shoot(app, viewer, args.out.with_name("napari_3d.png"), "3D view")
+    widget.show_3d(False)
+    viewer.reset_view()
+
+    if args.adapt_steps > 0:                                               # the T1 model adapted to the T2 series
+        from bigl.adapt import AdaptConfig, TranslatorTrainConfig
+
+        viewer.layers[f"{case_id} t1"].visible = False
+        viewer.layers[f"{case_id} t2"].visible = True
+        widget.image_combo.setCurrentText(f"{case_id} t2")
+        widget.adapt_panel.adapt_config = lambda: AdaptConfig(
+            steps=args.adapt_steps, translator=TranslatorTrainConfig(steps=args.adapt_steps))
+        widget.adapt()
+        _wait(app, lambda: not widget.is_busy(), timeout=3600)
+        for name in (f"{case_id} t2 attention", f"{case_id} t1 BiGL labels", f"{case_id} t1 attention"):
+            viewer.layers[name].visible = False
+        viewer.layers.selection.active = viewer.layers[f"{case_id} t2 x_t→s"]
+        viewer.dims.set_current_step(0, z)
+        shoot(app, viewer, args.out.with_name("napari_adapt.png"),
+              f"adapted ({args.adapt_steps} + {args.adapt_steps} steps), {widget.segment_panel.volumes_label.text()}")
+    viewer.close()
+
+
+def shoot(app, viewer, out: Path, what: str) -> None:
     for _ in range(20):
         app.processEvents()
         time.sleep(0.02)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(args.out), canvas_only=False)
-    print(f"wrote {args.out} (case {case_id}, slice {z}, {widget.volumes_label.text()})")
-    viewer.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(out), canvas_only=False)
+    print(f"wrote {out} ({what})")
 
 
 if __name__ == "__main__":
