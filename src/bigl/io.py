@@ -296,6 +296,24 @@ def read_nifti(
     )
 
 
+def header_spacing(path: str | os.PathLike) -> tuple[float, float, float]:
+    """Voxel spacing (z, y, x) in mm of a NIfTI file, from its header alone (no voxel is read).
+
+    The same spacing :func:`read_nifti` gives the file's :class:`Volume`; the
+    training cache uses it to choose the in-plane resolution before reading any case.
+    """
+    path = Path(path)
+    _check_nifti_path(path)
+    try:
+        img = nib.load(str(path))
+        affine = np.asarray(img.affine, dtype=np.float64)
+        to_canonical = ornt_mod.ornt_transform(ornt_mod.io_orientation(affine), _CANONICAL_ORNT)
+        shape = tuple(int(s) for s in img.shape[:3])
+    except _LOAD_ERRORS as exc:
+        raise BiglError(f"{path}: the NIfTI header could not be read ({exc}); re-export or re-download it.") from exc
+    return _spacing_of(affine @ ornt_mod.inv_ornt_aff(to_canonical, shape))
+
+
 def _check_range(raw: np.ndarray, header: nib.Nifti1Header, scaling: tuple[float, float], path: Path) -> None:
     """Blame the header's scale factor, not the voxels, when scaled integers do not fit float32."""
     limit = float(np.finfo(np.float32).max)

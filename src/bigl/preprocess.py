@@ -192,12 +192,18 @@ def stack_slices(image: np.ndarray, idx: np.ndarray, context: int = 0) -> np.nda
 
 
 def patch_size_for(volumes: list[PreparedVolume], stride: int, margin: int = 4) -> tuple[int, int]:
-    """Smallest stride-multiple (h, w) window that holds every volume's axial brain extent plus a margin."""
+    """Smallest stride-multiple (h, w) window that holds every volume's axial brain extent plus a margin.
+
+    A cached volume (:class:`bigl.data.cache.CachedVolume`) knows its brain box; others measure their mask.
+    """
     h = w = stride
     for v in volumes:
-        ys, xs = bounding_box(v.mask.any(axis=0))
-        h = max(h, round_up(ys.stop - ys.start + 2 * margin, stride))
-        w = max(w, round_up(xs.stop - xs.start + 2 * margin, stride))
+        box = getattr(v, "brain_box", None)
+        if box is None:
+            ys, xs = bounding_box(v.mask.any(axis=0))
+            box = (ys.start, ys.stop, xs.start, xs.stop)
+        h = max(h, round_up(box[1] - box[0] + 2 * margin, stride))
+        w = max(w, round_up(box[3] - box[2] + 2 * margin, stride))
     return h, w
 
 

@@ -5,9 +5,14 @@ Data: a BraTS-layout dataset folder; cases are split (seeded, by subject) into
 training and held-out validation cases. Training draws axial slices that
 contain brain, oversampling slices with tumour, cut to a fixed in-plane window
 around the brain (random offset); the input channels are the model's
-sequences (and, for 2.5D models, neighbouring slices). Batches are prepared on
-a background thread and augmented on the fly (:mod:`bigl.data.augment`:
-spatial, intensity and optionally contrast randomisation). Loss:
+sequences (and, for 2.5D models, neighbouring slices). Cases are read from the
+preprocessed on-disk cache (:mod:`bigl.data.cache`, built on first use) slice by
+slice through ``torch.utils.data`` worker processes (:mod:`bigl.data.slices`), so
+memory does not grow with the number of cases, and augmented on the training
+device (:mod:`bigl.data.augment`: spatial, intensity and optionally contrast
+randomisation). Under ``torchrun`` each process trains a DistributedDataParallel
+replica on its own shard of the cases; rank 0 alone validates and writes
+(:mod:`bigl.distributed`). Loss:
 cross-entropy + generalised Dice (paper Eq. 4). Optimiser: Adam with
 polynomial learning-rate decay (power 0.9). Every ``val_every`` steps the
 whole validation volumes are segmented and the mean WT/TC/ET Dice is
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -32,14 +37,16 @@ import torch
 from bigl._fs import check_output
 from bigl.checkpoint import Bundle, jsonable, load_bundle, partial_path, promote_partial, save_bundle
 from bigl.data.augment import CONTRAST_METHODS, AugmentConfig, augment_batch
+from bigl.data.cache import cache_cases, load_prepared  # noqa: F401  (load_prepared, sample_batch: the
+from bigl.data.slices import batches, sample_batch, shard  # noqa: F401  in-memory path scripts still import here)
+from bigl import distributed
 from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
-from bigl.io import Case, list_cases, load_images, load_labels
+from bigl.io import Case, header_spacing, list_cases
 from bigl.losses import segmentation_loss
 from bigl.metrics import evaluate_case, summarize
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
-from bigl.preprocess import (NORMALIZATION, PreparedVolume, SliceSampler, classes_to_labels, crop_or_pad_2d,
-                             patch_size_for, prepare, resample_prepared, stack_slices)
+from bigl.preprocess import NORMALIZATION, PreparedVolume, classes_to_labels, patch_size_for
 from bigl.progress import Cancelled, CancelFn, ProgressFn, Reporter
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,7 @@ class TrainConfig:
     augment: bool = True              # on-the-fly augmentation (bigl.data.augment), configured by `augmentation`
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
+    workers: int = 1                  # data-loading worker processes (0: in the training process)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)  # in_channels is set from the sequences
 
     def __post_init__(self) -> None:
@@ -101,56 +109,6 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list
     return train, val
 
 
-def load_prepared(cases: list[Case], sequences: str | Sequence[str], *, labels: bool,
-                  inplane_mm: tuple[float, float] | None = None) -> list[PreparedVolume]:
-    """Read and normalise one sequence, or several as channels (and, if asked, the labels) of each case.
-
-    ``inplane_mm``: bring every volume to this in-plane (y, x) spacing
-    (:func:`bigl.preprocess.resample_prepared`); None keeps each as it is.
-    """
-    seqs = [sequences] if isinstance(sequences, str) else list(sequences)
-    out = []
-    for case in cases:
-        images = load_images(case, seqs)
-        seg = load_labels(case).data if labels else None
-        data = images[seqs[0]].data if len(seqs) == 1 else [images[s].data for s in seqs]
-        vol = prepare(data, seg, name=case.case_id)
-        vol.spacing = images[seqs[0]].spacing
-        out.append(resample_prepared(vol, inplane_mm) if inplane_mm else vol)
-    return out
-
-
-def sample_batch(volumes: list[PreparedVolume], sampler: SliceSampler, patch: tuple[int, int], batch_size: int,
-                 rng: np.random.Generator, *, jitter: int, augment: bool, context: int = 0
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A batch of (image (B,C,H,W), target (B,H,W) or None) windows from random brain slices.
-
-    C = sequences x (2 * context + 1). ``augment`` is the light augmentation
-    adaptation uses (left-right flip, intensity scale/shift); supervised
-    training augments afterwards with :func:`bigl.data.augment.augment_batch`.
-    """
-    images, targets = [], []
-    for _ in range(batch_size):
-        i, k = sampler.sample(rng)
-        v = volumes[i]
-        cy, cx = v.brain_center
-        center = (cy + rng.integers(-jitter, jitter + 1), cx + rng.integers(-jitter, jitter + 1)) if jitter else (cy, cx)
-        img = crop_or_pad_2d(stack_slices(v.image, np.array([k]), context)[0], center, patch)   # (C, h, w)
-        tgt = crop_or_pad_2d(v.target[k], center, patch) if v.target is not None else None
-        if augment:
-            if rng.random() < 0.5:  # left-right
-                img = img[..., ::-1]
-                tgt = tgt[:, ::-1] if tgt is not None else None
-            inside = img != 0
-            img = np.where(inside, img * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1), 0)
-        images.append(np.ascontiguousarray(img, dtype=np.float32))
-        if tgt is not None:
-            targets.append(np.ascontiguousarray(tgt))
-    x = torch.from_numpy(np.stack(images))
-    y = torch.from_numpy(np.stack(targets)) if targets else None
-    return x, y
-
-
 def validate(model: DualAttentionUNet, volumes: list[PreparedVolume], spacings: list[tuple[float, float, float]],
              device: torch.device) -> dict[str, float]:
     """Whole-volume Dice/HD95 on labelled volumes (the same inference path as `bigl segment`)."""
@@ -180,14 +138,17 @@ def _sequences(sequences: str | Sequence[str]) -> tuple[str, ...]:
 
 def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: str | Path,
           config: TrainConfig | None = None, *, device: str | torch.device = "auto", overwrite: bool = False,
-          progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> TrainResult:
+          progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+          cache_dir: str | Path | None = None) -> TrainResult:
     """Train a segmenter on ``sequences`` (one, or several as input channels) of a labelled dataset.
 
     The best model by validation Dice goes to ``out`` (must end in
     ``.safetensors``), the last to ``<out stem>.last.safetensors``, when
     training ends; until then the best so far is ``<out stem>.partial.safetensors``.
     Cancelling (``cancel()`` true) stops at the next step, leaves only that
-    partial file and raises :class:`~bigl.progress.Cancelled`.
+    partial file and raises :class:`~bigl.progress.Cancelled`. ``cache_dir``:
+    where the preprocessed cases are kept (default: beside the dataset folder,
+    :func:`bigl.data.cache.default_cache_dir`).
     """
     cfg = config or TrainConfig()
     seqs = _sequences(sequences)
@@ -205,18 +166,24 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     if lacking:
         raise BiglError(f"{data}: cases without every sequence of {', '.join(seqs)}: {lacking[:5]}; "
                         "remove them or train on sequences every case has")
-    dev = resolve_device(device)
-    rng = seed_everything(cfg.seed)
+    ddp, dev = distributed.setup(resolve_device(device))
+    seed_everything(cfg.seed)
     t0 = time.perf_counter()
 
     train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
     val_cases = val_cases[:cfg.max_val_cases]
     log.info("training on %d cases, validating on %d (%s)", len(train_cases), len(val_cases), ", ".join(seqs))
-    train_vols = load_prepared(train_cases, seqs, labels=True)
     # the resolution the model learns at: the training cases' median in-plane spacing; others are brought to it
-    inplane = tuple(float(v) for v in np.median([v.spacing[1:] for v in train_vols], axis=0))
-    train_vols = [resample_prepared(v, inplane) for v in train_vols]
-    val_vols = load_prepared(val_cases, seqs, labels=True, inplane_mm=inplane)
+    inplane = tuple(float(v) for v in np.median([header_spacing(c.files[seqs[0]])[1:] for c in train_cases], axis=0))
+
+    def cached(cases: list[Case]) -> list:
+        return cache_cases(cases, seqs, labels=True, inplane_mm=inplane, cache_dir=cache_dir, progress=progress,
+                           cancel=cancel)
+
+    if ddp.is_main:                    # rank 0 builds what is missing; the others then read it
+        cached(train_cases + val_cases)
+    distributed.barrier(ddp)
+    train_vols, val_vols = cached(train_cases), cached(val_cases)
     val_spacing = [v.spacing for v in val_vols]
     normalization = NORMALIZATION | {"inplane_spacing_mm": list(inplane)}
 
@@ -224,46 +191,45 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     seg_cfg = replace(cfg.segmenter, in_channels=len(seqs) * (2 * context + 1))
     model = DualAttentionUNet(seg_cfg).to(dev)
     patch = patch_size_for(train_vols, model.stride)
-    sampler = SliceSampler(train_vols, cfg.tumour_fraction)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = distributed.wrap(model, ddp)           # trains; `model` (the same weights) validates and is saved
+    if ddp.active:
+        torch.manual_seed(cfg.seed + ddp.rank)   # each rank its own augmentation
+    precision = distributed.Precision(dev)
     provenance = {"command": "train", "data": str(data if not isinstance(data, list) else cases[0].path.parent),
                   "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
                   "sequences": list(seqs), "config": jsonable(asdict(replace(cfg, segmenter=seg_cfg))),
-                  "device": str(dev)}
+                  "device": str(dev), "world_size": ddp.world_size}
 
     def make_bundle(step: int, metrics: dict[str, float]) -> Bundle:
         return Bundle(segmenter=model, sequences=seqs, patch_size=patch, normalization=normalization,
                       provenance=provenance | {"steps": step, "val_metrics": metrics,
                                                "seconds": round(time.perf_counter() - t0, 1)})
 
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        return sample_batch(train_vols, sampler, patch, cfg.batch_size, rng, jitter=cfg.jitter, augment=False,
-                            context=context)
-
     history: list[dict[str, float]] = []
     best = -1.0
     report = Reporter("train", cfg.steps, progress, cancel)
     running = 0.0
-    # The next batch is cut on a worker thread while the network trains (numpy releases the GIL);
-    # one worker draws every batch in order, so a seed gives the same batches.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(next_batch)
-        for step in range(1, cfg.steps + 1):
-            model.train()
+    # Worker processes cut the next batches while the network trains; every random choice is drawn
+    # in this process from the seed (and rank), so a seed gives the same batches with any worker count.
+    data_iter = batches(shard(train_vols, ddp.rank, ddp.world_size), patch, batch_size=cfg.batch_size,
+                        n_batches=cfg.steps, seed=(cfg.seed, ddp.rank), tumour_fraction=cfg.tumour_fraction,
+                        jitter=cfg.jitter, augment=False, context=context, workers=cfg.workers, device=dev)
+    with closing(data_iter):
+        for step, (x, y) in enumerate(data_iter, start=1):
+            net.train()
             poly_lr(optimizer, cfg.lr, step - 1, cfg.steps, cfg.lr_power)
-            x, y = pending.result()
-            if step < cfg.steps:
-                pending = pool.submit(next_batch)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if cfg.augment:
                 x, y = augment_batch(x, y, cfg.augmentation)
-            loss = segmentation_loss(model(x), y)
+            with precision.autocast():
+                loss = segmentation_loss(net(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            precision.backward(loss)
+            precision.step(optimizer)
+            precision.update()
             running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
             metrics = {"loss": running}
-            if step % cfg.val_every == 0 or step == cfg.steps:
+            if ddp.is_main and (step % cfg.val_every == 0 or step == cfg.steps):
                 metrics |= validate(model, val_vols, val_spacing, dev)
                 history.append({"step": step} | metrics)
                 log.info("step %d %s", step, {k: round(v, 4) for k, v in metrics.items()})
@@ -271,6 +237,10 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
                     best = metrics["average_dice"]
                     save_bundle(make_bundle(step, metrics), partial_path(out), overwrite=True)
             report(step, **metrics)      # raises Cancelled when asked to stop: only the .partial file stays
+    if not ddp.is_main:                 # rank 0 writes; the others hand back their (identical) weights
+        distributed.barrier(ddp)
+        return TrainResult(make_bundle(cfg.steps, {}), out, last_out, history, best, time.perf_counter() - t0)
     save_bundle(make_bundle(cfg.steps, history[-1]), last_out, overwrite=True)
     promote_partial(out)
+    distributed.barrier(ddp)
     return TrainResult(load_bundle(out, device=dev), out, last_out, history, best, time.perf_counter() - t0)

@@ -1,0 +1,89 @@
+"""The data path: on-disk cache of preprocessed cases and the torch.utils.data slice loader."""
+
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from bigl.data.cache import CachedVolume, cache_cases, default_cache_dir, load_prepared
+from bigl.data.slices import batches, shard
+from bigl.io import list_cases
+from bigl.preprocess import patch_size_for
+
+
+@pytest.fixture()
+def dataset(tiny_dataset, tmp_path):
+    """A private copy of the tiny dataset (tests here change files and build caches beside it)."""
+    return shutil.copytree(tiny_dataset, tmp_path / "data")
+
+
+def test_cache_matches_in_memory_preparation_and_is_reused(dataset, caplog):
+    cases = list_cases(dataset)[:2]
+    with caplog.at_level(logging.INFO, logger="bigl.data.cache"):
+        cached = cache_cases(cases, "t1", labels=True, inplane_mm=(5.0, 5.0))
+    assert "preprocessing 2 of 2 cases" in caplog.text and str(default_cache_dir(dataset)) in caplog.text
+    assert default_cache_dir(dataset) == dataset.parent / "data.bigl-cache"
+    ref = load_prepared(cases, "t1", labels=True, inplane_mm=(5.0, 5.0))
+    for c, r in zip(cached, ref):
+        assert isinstance(c, CachedVolume) and isinstance(c.image, np.memmap)
+        np.testing.assert_array_equal(c.image, r.image)
+        np.testing.assert_array_equal(c.mask, r.mask)
+        np.testing.assert_array_equal(c.target, r.target)
+        assert c.spacing == r.spacing and c.brain_center == r.brain_center
+        assert c.brain_slices.tolist() == r.brain_slices.tolist()
+        assert c.tumour_slices.tolist() == r.tumour_slices.tolist()
+    assert patch_size_for(cached, 8) == patch_size_for(ref, 8)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bigl.data.cache"):
+        again = cache_cases(cases, "t1", labels=True, inplane_mm=(5.0, 5.0))
+    assert "preprocessing" not in caplog.text and [a.folder for a in again] == [c.folder for c in cached]
+
+
+def test_cache_is_rebuilt_when_a_file_or_the_spacing_changes(dataset, tmp_path):
+    case = list_cases(dataset)[0]
+    first = cache_cases([case], "t1", labels=False, cache_dir=tmp_path / "cache")[0]
+    st = case.files["t1"].stat()
+    os.utime(case.files["t1"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))      # the file was replaced
+    second = cache_cases([case], "t1", labels=False, cache_dir=tmp_path / "cache")[0]
+    assert second.folder != first.folder and not first.folder.exists()            # old entry removed
+    third = cache_cases([case], "t1", labels=False, inplane_mm=(3.0, 3.0), cache_dir=tmp_path / "cache")[0]
+    assert third.folder != second.folder and third.spacing[1:] == (3.0, 3.0)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [third.folder.name]
+    # another sequence of the same case is an entry of its own
+    t2 = cache_cases([case], "t2", labels=False, cache_dir=tmp_path / "cache")[0]
+    assert third.folder.exists() and t2.folder.exists() and t2.target is None
+
+
+def test_an_interrupted_build_leaves_nothing_that_is_read(dataset, tmp_path, monkeypatch):
+    import bigl.data.cache as cache
+
+    case = list_cases(dataset)[0]
+    monkeypatch.setattr(cache.np, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        cache_cases([case], "t1", labels=True, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.undo()
+    assert cache_cases([case], "t1", labels=True, cache_dir=tmp_path / "cache")[0].labelled
+
+
+def test_batches_are_reproducible_with_any_worker_count(dataset, tmp_path):
+    vols = cache_cases(list_cases(dataset), "t1", labels=True, cache_dir=tmp_path / "cache")
+    kw = dict(batch_size=3, n_batches=4, seed=(5, 0), tumour_fraction=0.5, jitter=4, augment=True, context=1)
+    a = list(batches(vols, (32, 32), workers=0, **kw))
+    b = list(batches(vols, (32, 32), workers=2, **kw))
+    assert len(a) == 4 and a[0][0].shape == (3, 3, 32, 32) and a[0][1].shape == (3, 32, 32)
+    assert a[0][1].dtype == torch.int64
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    other = next(batches(vols, (32, 32), workers=0, **(kw | {"seed": (5, 1)})))
+    assert not torch.equal(other[0], a[0][0])                       # another rank draws other slices
+    unlabelled = next(batches(load_prepared(list_cases(dataset)[:1], "t2", labels=False), (32, 32), **kw))
+    assert unlabelled[1] is None and (unlabelled[0][:, :, 0, 0] == 0).all()   # background stays 0
+
+
+def test_shard_splits_cases_between_ranks():
+    assert shard(list(range(5)), 0, 2) == [0, 2, 4] and shard(list(range(5)), 1, 2) == [1, 3]
+    assert shard([0], 1, 2) == [0]
