@@ -20,6 +20,11 @@ softmax of x_t→s.
 Choices the paper leaves open are fields of :class:`AdaptConfig`, documented in docs/adaptation.md.
 
 Target labels are never read: target data enter only through :func:`bigl.io.load_images`.
+
+Data: source and target cases are read from the preprocessed cache through the slice loader
+(:mod:`bigl.data`). Under ``torchrun`` every trained network (the translator's generators and
+discriminators, Φ, the alignment discriminators) is a DistributedDataParallel replica, each rank draws
+from its own shard, and rank 0 scores translator starts and snapshots for everyone (:mod:`bigl.distributed`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bigl import distributed
 from bigl.checkpoint import Bundle, jsonable
+from bigl.data.cache import cache_cases, with_target
+from bigl.data.slices import batches, shard
 from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
 from bigl.io import SEQUENCES, Case, Volume, list_cases, load_images
@@ -50,7 +59,7 @@ from bigl.models.translator import Generator, TranslatorConfig
 from bigl.preprocess import (PreparedVolume, SliceSampler, classes_to_labels, crop_or_pad_2d, patch_size_for,
                              prepare)
 from bigl.progress import CancelFn, ProgressFn, Reporter
-from bigl.train import load_prepared, poly_lr, sample_batch, seed_everything
+from bigl.train import poly_lr, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +145,7 @@ class AdaptConfig:
     # Methods other than BiGL (and translate-only) always segment directly.
     inference: str = "ensemble"
     seed: int = 0
+    workers: int = 1              # data-loading worker processes per stream (0: in the training process)
     translator: TranslatorTrainConfig = field(default_factory=TranslatorTrainConfig)
 
     def __post_init__(self) -> None:
@@ -169,12 +179,18 @@ PreviewFn = Callable[[int, Bundle], None]
 
 
 # ----------------------------------------------------------------------------- data
-def _prepare_target(target: Any, sequence: str) -> list[PreparedVolume]:
-    """Unlabelled target volumes from a dataset folder, a list of cases, volumes or arrays. Never reads labels."""
+def _prepare_target(target: Any, sequence: str, cached: Callable[[list[Case], str, bool], list] | None = None
+                    ) -> list[PreparedVolume]:
+    """Unlabelled target volumes from a dataset folder, a list of cases, volumes or arrays. Never reads labels.
+
+    ``cached(cases, sequence, labels)``: how cases are read (the adaptation's cache); default: into memory.
+    """
     if isinstance(target, (str, Path)):
         target = list_cases(target)
     if isinstance(target, (Volume, np.ndarray)):
         target = [target]
+    if cached is not None and target and all(isinstance(item, Case) for item in target):
+        return cached(list(target), sequence, False)
     out = []
     for i, item in enumerate(target):
         if isinstance(item, Case):
@@ -201,7 +217,7 @@ def tumour_condition(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def source_to_target(g_s2t: Generator, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
     """x_s→t = G_s→t(x_s) (conditioned on y_s when G_s→t is label-conditioned), background kept 0."""
-    k = g_s2t.config.cond_channels
+    k = distributed.unwrap(g_s2t).config.cond_channels
     return g_s2t(xs, _masks(xs), tumour_condition(ys, k + 1) if k else None)
 
 
@@ -214,6 +230,14 @@ class _TranslatorStart:
         self.d_t = PatchDiscriminator(cfg.discriminator).to(device)
         self.d_s = PatchDiscriminator(cfg.discriminator).to(device)
         self._optimisers()
+        self.amp = distributed.Precision(device)
+
+    def _nets(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """(G_s→t, G_t→s, D_t, D_s) as they train: under DDP in a torchrun job (wrapped on first use)."""
+        if getattr(self, "_ddp", None) is None:
+            ddp = distributed.current()
+            self._ddp = tuple(distributed.wrap(m, ddp) for m in (self.g_s2t, self.g_t2s, self.d_t, self.d_s))
+        return self._ddp
 
     def _optimisers(self) -> None:
         lr, betas = self.cfg.lr, (0.5, 0.999)
@@ -231,18 +255,21 @@ class _TranslatorStart:
                 out_conv.weight.neg_()
                 out_conv.bias.neg_()
         other._optimisers()
+        other._ddp = None
         return other
 
     def step(self, xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor,
              segmenter: DualAttentionUNet | None) -> dict[str, float]:
         """One alternating update: generators (discriminators frozen), then discriminators on detached fakes."""
-        cfg, g_s2t, g_t2s, d_t, d_s = self.cfg, self.g_s2t, self.g_t2s, self.d_t, self.d_s
+        cfg, amp = self.cfg, self.amp
+        g_s2t, g_t2s, d_t, d_s = self._nets()
         ms, mt = _masks(xs), _masks(xt)
         for d in (d_t, d_s):
             d.requires_grad_(False)
         fake_t, fake_s = source_to_target(g_s2t, xs, ys), g_t2s(xt, mt)
         cond_t = torch.softmax(segmenter(fake_s), 1)[:, 1:] * mt if segmenter is not None else None
-        loss_gan = lsgan_loss(d_t(fake_t), True) + lsgan_loss(d_s(fake_s), True)
+        # frozen discriminators run outside DDP: no gradient of theirs to synchronise
+        loss_gan = lsgan_loss(self.d_t(fake_t), True) + lsgan_loss(self.d_s(fake_s), True)
         loss_cyc = F.l1_loss(g_t2s(fake_t, ms), xs) + F.l1_loss(g_s2t(fake_s, mt, cond_t), xt)
         loss_id = 0.0
         if cfg.lambda_id:
@@ -252,15 +279,16 @@ class _TranslatorStart:
         if cfg.paired:
             loss_g = loss_g + cfg.lambda_paired * (F.l1_loss(fake_t, xt) + F.l1_loss(fake_s, xs))
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        amp.backward(loss_g)
+        amp.step(self.opt_g)
         for d in (d_t, d_s):
             d.requires_grad_(True)
         loss_d = 0.5 * (lsgan_loss(d_t(xt), True) + lsgan_loss(d_t(fake_t.detach()), False)
                         + lsgan_loss(d_s(xs), True) + lsgan_loss(d_s(fake_s.detach()), False))
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        amp.backward(loss_d)
+        amp.step(self.opt_d)
+        amp.update()
         return dict(gan=loss_gan.item(), cyc=loss_cyc.item(), d=loss_d.item())
 
 
@@ -288,7 +316,7 @@ def translation_distance(g_s2t: Generator, g_t2s: Generator, xs: torch.Tensor, y
 def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch: tuple[int, int],
                      cfg: TranslatorTrainConfig, rng: np.random.Generator, device: torch.device,
                      progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-                     segmenter: DualAttentionUNet | None = None) -> tuple[Generator, Generator]:
+                     segmenter: DualAttentionUNet | None = None, workers: int = 0) -> tuple[Generator, Generator]:
     """Stage 1: G_s→t and G_t→s with PatchGAN discriminators; returns both generators frozen, in eval mode.
 
     With ``cfg.label_conditioned`` G_s→t reads the source labels next to x_s. Its
@@ -312,24 +340,34 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
         s2t_config = replace(cfg.translator, cond_channels=segmenter.config.num_classes - 1)
     # Uniform brain slices on both sides by default; tumour-rich source slices (source_tumour_fraction)
     # show D_s more real tumours but made no measured difference (docs/results.md).
-    samp_s, samp_t = SliceSampler(src, cfg.source_tumour_fraction), SliceSampler(tgt, 0.0)
+    screen = min(cfg.screen_steps, cfg.steps) if cfg.starts > 1 else 0
+    ddp = distributed.current()
+    seed = int(rng.integers(2**31))
+    n_batches = cfg.steps + (cfg.starts - 1) * screen
+
+    def stream(volumes: list, fraction: float, which: int):
+        return batches(shard(volumes, ddp.rank, ddp.world_size), patch, batch_size=cfg.batch_size,
+                       n_batches=n_batches, seed=(seed, which, ddp.rank), tumour_fraction=fraction, jitter=8,
+                       augment=True, workers=workers, device=device)
+
+    samp_s = SliceSampler(src, cfg.source_tumour_fraction)
+    source_it, target_it = stream(src, cfg.source_tumour_fraction, 0), stream(tgt, 0.0, 1)
 
     def batch(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if cfg.paired:
             xs, ys, xt = _paired_batch(src, tgt, samp_s, patch, size, rng)
-        else:
-            xs, ys = sample_batch(src, samp_s, patch, size, rng, jitter=8, augment=True)
-            xt, _ = sample_batch(tgt, samp_t, patch, size, rng, jitter=8, augment=True)
-        return xs.to(device), ys.to(device), xt.to(device)
+            return xs.to(device), ys.to(device), xt.to(device)
+        (xs, ys), (xt, _) = next(source_it), next(target_it)
+        return xs[:size], ys[:size], xt[:size]
 
-    screen = min(cfg.screen_steps, cfg.steps) if cfg.starts > 1 else 0
     report = Reporter("translator", cfg.steps + (cfg.starts - 1) * screen, progress, cancel)
     done = 0
 
     def train(start: _TranslatorStart, steps: int) -> None:
         nonlocal done
         for _ in range(steps):
-            metrics = start.step(*batch(cfg.batch_size), segmenter)
+            with start.amp.autocast():
+                metrics = start.step(*batch(cfg.batch_size), segmenter)
             done += 1
             report(done, **metrics)
 
@@ -337,19 +375,30 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
     for i in range(cfg.starts):
         starts.append(starts[-1].flipped() if i % 2 else _TranslatorStart(cfg, s2t_config, device))
     best = starts[0]
-    if cfg.starts > 1:
-        held_out = batch(cfg.screen_slices)
-        scores = []
-        for start in starts:
-            train(start, screen)
-            scores.append(translation_distance(start.g_s2t, start.g_t2s, *held_out))
-        best = starts[int(np.argmin(scores))]
-        log.info("translator starts after %d steps: intensity distances %s; continuing start %d", screen,
-                 ", ".join(f"{v:.3f}" for v in scores), int(np.argmin(scores)))
-    train(best, cfg.steps - screen)
+    with closing(source_it), closing(target_it):
+        if cfg.starts > 1:
+            held_out = batch(cfg.screen_slices) if cfg.paired else _screening_batch(src, tgt, patch, cfg, seed, device)
+            scores = []
+            for start in starts:
+                train(start, screen)
+                scores.append(translation_distance(start.g_s2t, start.g_t2s, *held_out))
+            choice = distributed.broadcast(int(np.argmin(scores)), ddp)   # rank 0's choice: every rank goes on alike
+            best = starts[choice]
+            log.info("translator starts after %d steps: intensity distances %s; continuing start %d", screen,
+                     ", ".join(f"{v:.3f}" for v in scores), choice)
+        train(best, cfg.steps - screen)
     for g in (best.g_s2t, best.g_t2s):
         g.eval().requires_grad_(False)
     return best.g_s2t, best.g_t2s
+
+
+def _screening_batch(src, tgt, patch, cfg: TranslatorTrainConfig, seed: int, device) -> tuple[torch.Tensor, ...]:
+    """The fixed (x_s, y_s, x_t) batch of ``cfg.screen_slices`` slices per domain that translator starts are scored on."""
+    def one(volumes: list, fraction: float, which: int):
+        return next(batches(volumes, patch, batch_size=cfg.screen_slices, n_batches=1, seed=(seed, which),
+                            tumour_fraction=fraction, jitter=8, augment=True, device=device))
+    (xs, ys), (xt, _) = one(src, cfg.source_tumour_fraction, 2), one(tgt, 0.0, 3)
+    return xs, ys, xt
 
 
 def _paired_batch(src, tgt, sampler, patch, batch_size, rng):
@@ -462,13 +511,14 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
         terms["anchor"] = cfg.lambda_anchor * sum(distillation_loss(outs[n].logits, soft, mt) for n in ("t", "t2s"))
     pairs = _pairs(outs) if cfg.method == "bigl" else _output_pairs(outs, cfg.method)
     weight = cfg.lambda_gtl if cfg.method == "bigl" else cfg.lambda_adv_out
-    adv = [adversarial_loss(disc[name](pairs[name][1]), True) for name in disc]
+    adv = [adversarial_loss(distributed.unwrap(disc[name])(pairs[name][1]), True) for name in disc]  # frozen
     if adv:
         terms["adv"] = ramp * weight * sum(adv)
     loss = sum(terms.values())
+    amp = distributed.precision(xs.device)
     opt_seg.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_seg.step()
+    amp.backward(loss)
+    amp.step(opt_seg)
     if teacher is not None and cfg.anchor_ema:
         follow(teacher, seg, cfg.anchor_ema)
 
@@ -477,9 +527,10 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
         loss_d = sum(adversarial_loss(disc[name](pairs[name][0].detach()), True)
                      + adversarial_loss(disc[name](pairs[name][1].detach()), False) for name in disc)
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        amp.backward(loss_d)
+        amp.step(opt_d)
         terms["disc"] = loss_d
+    amp.update()
     return {k: float(v.detach()) for k, v in terms.items()}
 
 
@@ -560,7 +611,7 @@ def pseudo_labels(seg: DualAttentionUNet, g_t2s: Generator, vols: list[PreparedV
         keep = (p_t.argmax(0) == p_t2s.argmax(0)) & (mean.max(0) >= threshold) & v.mask
         target = np.where(keep, lab, -1).astype(np.int64)
         target[~v.mask] = 0
-        out.append(replace(v, target=target))
+        out.append(with_target(v, target))
     return out
 
 
@@ -569,7 +620,8 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
           target_sequence: str, config: AdaptConfig | None = None, *, device: str | torch.device = "auto",
           progress: ProgressFn | None = None, cancel: CancelFn | None = None,
           preview: PreviewFn | None = None, preview_every: int = 50,
-          translators: tuple[Generator, Generator] | None = None) -> AdaptResult:
+          translators: tuple[Generator, Generator] | None = None,
+          cache_dir: str | Path | None = None) -> AdaptResult:
     """Adapt ``source`` (trained with labels on ``source_sequence``) to unlabelled ``target_sequence`` images.
 
     ``source_data``: labelled cases (folder or list). ``target``: a folder of
@@ -578,26 +630,33 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     :class:`~bigl.progress.Cancelled` and leaves nothing behind. ``preview``
     gets ``(step, bundle)`` with a snapshot of Φ every ``preview_every`` steps.
     ``translators`` = (G_s→t, G_t→s) reuses an already trained stage 1 (the
-    benchmark shares one translator between methods).
+    benchmark shares one translator between methods). ``cache_dir``: where
+    preprocessed cases are kept (default: beside each dataset folder).
     """
     cfg = config or AdaptConfig()
     for name, seq in (("source", source_sequence), ("target", target_sequence)):
         if seq not in SEQUENCES:
             raise BiglError(f"unknown {name} sequence {seq!r}; use one of {', '.join(SEQUENCES)}")
-    dev = resolve_device(device)
+    ddp, dev = distributed.setup(resolve_device(device))
     rng = seed_everything(cfg.seed)
     t0 = time.perf_counter()
     seg = copy.deepcopy(source.segmenter).to(dev)
     base = dict(sequences=(target_sequence,), source_sequence=source_sequence, normalization=source.normalization)
 
+    def cached(cases: list[Case], sequence: str, labels: bool) -> list:
+        if ddp.is_main:                 # rank 0 builds what is missing; the others then read it
+            cache_cases(cases, sequence, labels=labels, cache_dir=cache_dir, progress=progress, cancel=cancel)
+        distributed.barrier(ddp)
+        return cache_cases(cases, sequence, labels=labels, cache_dir=cache_dir)
+
     src_cases = list_cases(source_data) if not isinstance(source_data, list) else source_data
-    src = load_prepared(src_cases, source_sequence, labels=True)
-    tgt = _prepare_target(target, target_sequence)
+    src = cached(src_cases, source_sequence, True)
+    tgt = _prepare_target(target, target_sequence, cached)
     patch = patch_size_for(src + tgt, seg.stride)
     provenance = {"command": "adapt", "method": cfg.method, "source_bundle": str(source.path) if source.path else None,
                   "source_sequence": source_sequence, "target_sequence": target_sequence,
                   "source_cases": [c.case_id for c in src_cases], "target_cases": [v.name for v in tgt],
-                  "config": jsonable(asdict(cfg)), "device": str(dev)}
+                  "config": jsonable(asdict(cfg)), "device": str(dev), "world_size": ddp.world_size}
 
     if cfg.method == "source-only":
         bundle = Bundle(segmenter=seg.eval(), patch_size=patch, provenance=provenance, **base)
@@ -608,7 +667,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
         g_s2t, g_t2s = translators
     elif cfg.method in ("bigl", "translate", "cycada") or cfg.self_train:
         g_s2t, g_t2s = train_translator(src, tgt, patch, cfg.translator, rng, dev, progress, cancel,
-                                        segmenter=seg)
+                                        segmenter=seg, workers=cfg.workers)
     sel_vols = tgt[:cfg.selection_volumes]
     # Only BiGL trains Φ on both x_t and x_t→s; CyCADA's Φ learns x_s→t and x_t, so its Φ(x_t→s) is no
     # second opinion: it segments directly and is selected by entropy, like the methods without a translator.
@@ -620,7 +679,9 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
         return AdaptResult(bundle, [], 0, [], time.perf_counter() - t0)
 
     disc, teacher, opt_seg, opt_d = alignment_setup(seg, cfg, dev)
-    samp_s, samp_t = SliceSampler(src, cfg.tumour_fraction), SliceSampler(tgt, 0.0)
+    # what trains under DDP in a torchrun job: Φ and each discriminator (same weights as seg and disc)
+    seg_net = distributed.wrap(seg, ddp)
+    disc_net = nn.ModuleDict({name: distributed.wrap(d, ddp) for name, d in disc.items()})
     # the model of record: Φ, or the moving average of its weights (cfg.weight_ema)
     kept = copy.deepcopy(seg).eval().requires_grad_(False) if cfg.weight_ema else seg
 
@@ -632,34 +693,35 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     history: list[dict[str, float]] = []
 
     def take_snapshot(step: int, stage: str) -> None:
-        score = selection_score(kept, two_views, sel_vols, dev)
+        score = distributed.broadcast(selection_score(kept, two_views, sel_vols, dev) if ddp.is_main else None, ddp)
         snapshots.append(Snapshot(step, stage, score, {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}))
         history.append({"step": step, "selection_score": score})
         log.info("%s step %d: selection score %.4f", stage, step, score)
 
     def run(stage: str, steps: int, pseudo_vols: list[PreparedVolume] | None, step0: int) -> None:
         report = Reporter(stage, steps, progress, cancel)
-        pseudo_sampler = SliceSampler(pseudo_vols, 0.0) if pseudo_vols else None
-        for step in range(1, steps + 1):
-            poly_lr(opt_seg, cfg.lr, step - 1, steps, cfg.lr_power)
-            xs, ys = sample_batch(src, samp_s, patch, cfg.batch_size, rng, jitter=cfg.jitter, augment=True)
-            if pseudo_sampler is not None:
-                xt, yt = sample_batch(pseudo_vols, pseudo_sampler, patch, cfg.batch_size, rng,
-                                      jitter=cfg.jitter, augment=True)
-                pseudo = (yt.to(dev), None)
-            else:
-                xt, _ = sample_batch(tgt, samp_t, patch, cfg.batch_size, rng, jitter=cfg.jitter, augment=True)
-                pseudo = None
-            ramp = min(1.0, step / max(1.0, cfg.ramp_fraction * steps)) if pseudo is None else 1.0
-            terms = alignment_step(seg, disc, opt_seg, opt_d, xs.to(dev), ys.to(dev), xt.to(dev), g_s2t, g_t2s,
-                                   cfg, ramp, pseudo, teacher if pseudo is None else None)
-            if kept is not seg:
-                follow(kept, seg, cfg.weight_ema)
-            report(step, **terms)
-            if preview is not None and (step0 + step) % preview_every == 0:
-                preview(step0 + step, snapshot_bundle())
-            if step % cfg.checkpoint_every == 0 or step == steps:
-                take_snapshot(step0 + step, stage)
+
+        def stream(volumes: list, fraction: float, which: int):
+            return batches(shard(volumes, ddp.rank, ddp.world_size), patch, batch_size=cfg.batch_size,
+                           n_batches=steps, seed=(cfg.seed, step0, which, ddp.rank), tumour_fraction=fraction,
+                           jitter=cfg.jitter, augment=True, workers=cfg.workers, device=dev)
+
+        source_it, target_it = stream(src, cfg.tumour_fraction, 0), stream(pseudo_vols or tgt, 0.0, 1)
+        with closing(source_it), closing(target_it):
+            for step, ((xs, ys), (xt, yt)) in enumerate(zip(source_it, target_it), start=1):
+                poly_lr(opt_seg, cfg.lr, step - 1, steps, cfg.lr_power)
+                pseudo = (yt, None) if pseudo_vols else None
+                ramp = min(1.0, step / max(1.0, cfg.ramp_fraction * steps)) if pseudo is None else 1.0
+                with distributed.precision(dev).autocast():
+                    terms = alignment_step(seg_net, disc_net, opt_seg, opt_d, xs, ys, xt, g_s2t, g_t2s, cfg, ramp,
+                                           pseudo, teacher if pseudo is None else None)
+                if kept is not seg:
+                    follow(kept, seg, cfg.weight_ema)
+                report(step, **terms)
+                if preview is not None and (step0 + step) % preview_every == 0:
+                    preview(step0 + step, snapshot_bundle())
+                if step % cfg.checkpoint_every == 0 or step == steps:
+                    take_snapshot(step0 + step, stage)
 
     run("align", cfg.steps, None, 0)
     if cfg.self_train:

@@ -20,6 +20,7 @@ CPU, full float32, as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,6 +47,13 @@ class Dist:
     @property
     def active(self) -> bool:
         return self.world_size > 1
+
+
+def current() -> Dist:
+    """This process's place in the process group :func:`setup` joined (rank 0 of 1 outside torchrun)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Dist()
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def setup(device: torch.device) -> tuple[Dist, torch.device]:
@@ -100,6 +108,12 @@ def autocast_dtype(device_type: str, bf16_supported: bool) -> torch.dtype | None
     if device_type != "cuda":
         return None
     return torch.bfloat16 if bf16_supported else torch.float16
+
+
+@functools.cache
+def precision(device: torch.device) -> Precision:
+    """The process-wide :class:`Precision` of ``device`` (one gradient scaler per device), for step functions."""
+    return Precision(device)
 
 
 class Precision:

@@ -102,8 +102,10 @@ def test_cancel_leaves_the_input_bundle_untouched(tiny_bundle_path, split, tmp_p
                                                                         "tiny_t1.safetensors"]
 
 
-def test_target_labels_are_never_opened(tiny_bundle_path, tiny_dataset):
-    """An audit hook records every file Python opens during adaptation; no target seg file may be among them."""
+def test_target_labels_are_never_opened(tiny_bundle_path, tiny_dataset, tmp_path):
+    """An audit hook records every file Python opens during adaptation; no target seg file may be among them.
+
+    A fresh preprocessed-data cache, so that adaptation reads the source cases' files (labels included)."""
     cases = list_cases(tiny_dataset)
     target_segs = {str(c.files["seg"].resolve()) for c in cases[2:]}
     source_segs = {str(c.files["seg"].resolve()) for c in cases[:2]}
@@ -118,7 +120,7 @@ def test_target_labels_are_never_opened(tiny_bundle_path, tiny_dataset):
     sys.addaudithook(hook)
     try:
         adapt(load_bundle(tiny_bundle_path), cases[:2], "t1", cases[2:], "t2", _cfg(self_train=True,
-              self_train_rounds=1, self_train_steps=1), device="cpu")
+              self_train_rounds=1, self_train_steps=1), device="cpu", cache_dir=tmp_path / "cache")
     finally:
         active[0] = False
     assert source_segs & set(opened), "the hook saw no source labels: it is not recording opens"
