@@ -81,3 +81,45 @@ def test_phantom_command(tmp_path, capsys):
     assert main(["phantom", "--out", str(tmp_path / "d"), "--n-cases", "1", "--preset", "tiny"]) == 0
     assert len(list((tmp_path / "d").iterdir())) == 1
     assert main(["phantom", "--out", str(tmp_path / "d"), "--n-cases", "1", "--preset", "tiny"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_multi_path(tiny_dataset, tmp_path_factory):
+    from bigl.models.segmenter import SegmenterConfig
+    from bigl.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("multi") / "multi.safetensors"
+    cfg = TrainConfig(steps=2, batch_size=4, val_every=2, segmenter=SegmenterConfig(widths=(8, 16, 32)))
+    train(tiny_dataset, ["t1", "t1ce", "t2", "flair"], out, cfg, device="cpu")
+    return out
+
+
+def test_segment_chooses_the_bundled_model(tiny_dataset, tiny_bundle_path, tiny_multi_path, tmp_path, capsys,
+                                           monkeypatch):
+    """A case folder without --modality -> the four-sequence model; --modality X or one file -> the T1 model."""
+    import bigl.bundles
+
+    monkeypatch.setattr(bigl.bundles, "MULTI_MODEL", tiny_multi_path)
+    monkeypatch.setattr(bigl.bundles, "T1_MODEL", tiny_bundle_path)
+    case = sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
+    assert main(["segment", "--input", str(case), "--out", str(tmp_path / "a.nii.gz"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "t1+t1ce+t2+flair" in out and tiny_multi_path.name in out
+    assert main(["segment", "--input", str(case), "--modality", "t1", "--out", str(tmp_path / "b.nii.gz"),
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "(t1;" in out and tiny_bundle_path.name in out
+    # the four-sequence model given for one file: one clear line, no output written
+    src = next(case.glob("*_t2.nii.gz"))
+    rc = main(["segment", "--model", str(tiny_multi_path), "--input", str(src), "--out", str(tmp_path / "c.nii.gz"),
+               "--device", "cpu"])
+    assert rc == 2 and "reads 4 sequences" in capsys.readouterr().err and not (tmp_path / "c.nii.gz").exists()
+
+
+def test_train_and_evaluate_several_sequences(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(tiny_dataset), "--modality", "t2", "flair", "--out", str(out), "--steps", "2",
+                 "--val-every", "2", "--batch-size", "2", "--device", "cpu"]) == 0
+    assert "t2+flair" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(out), "--data", str(tiny_dataset), "--device", "cpu"]) == 0
+    assert "(t2+flair, 4 cases)" in capsys.readouterr().out
