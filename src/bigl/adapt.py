@@ -388,6 +388,7 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
                      ", ".join(f"{v:.3f}" for v in scores), choice)
         train(best, cfg.steps - screen)
     for g in (best.g_s2t, best.g_t2s):
+        distributed.sync_buffers(g, ddp)
         g.eval().requires_grad_(False)
     return best.g_s2t, best.g_t2s
 
@@ -736,6 +737,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
             history.append({"step": cfg.steps + r * cfg.self_train_steps, "pseudo_coverage": covered})
             run(f"self-train {r + 1}", cfg.self_train_steps, plabeled, cfg.steps + r * cfg.self_train_steps)
     chosen = _load_best(kept, snapshots, cfg.select)
+    distributed.sync_buffers(kept, ddp)
     provenance |= {"steps": cfg.steps, "chosen_step": chosen, "selection": [
         {"step": s.step, "stage": s.stage, "score": s.score} for s in snapshots],
         "seconds": round(time.perf_counter() - t0, 1)}

@@ -93,13 +93,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     aug = replace(TRAIN_DEFAULTS.augmentation,
                   contrast_method=args.contrast_method if args.augment == "contrast" else "none")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      val_every=args.val_every, augment=args.augment != "none", augmentation=aug,
+                      val_every=args.val_every, augment=args.augment != "none", augmentation=aug, workers=args.workers,
                       segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices))
     result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
-                   progress=TextProgress())
+                   progress=TextProgress(), cache_dir=args.cache_dir)
+    if not _main_process():
+        return 0
     print(f"trained {'+'.join(args.modality)} segmenter in {result.seconds:.0f} s; best validation mean Dice "
           f"{100 * result.best_dice:.1f} %")
     print(f"best bundle: {result.best_path}\nlast bundle: {result.last_path}")
+    return 0
+
+
+def _main_process() -> bool:
+    """False on the ranks other than 0 of a torchrun job (they neither write nor print results)."""
+    from bigl.distributed import current
+
+    return current().is_main
+
+
+def _is_dataset_folder(path: Path) -> bool:
+    """A folder of case folders (no NIfTI file of its own): `bigl segment` segments every case in it."""
+    if not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    return (any(e.is_dir() for e in entries)
+            and not any(e.is_file() and e.name.lower().endswith((".nii", ".nii.gz")) for e in entries))
+
+
+def _segment_dataset(args: argparse.Namespace) -> int:
+    from bigl.bundles import default_model
+    from bigl.checkpoint import load_bundle
+    from bigl.infer import segment_folder
+
+    if args.attention or args.probabilities:
+        raise BiglError("--attention and --probabilities are written for one volume; with a dataset folder as "
+                        "--input only the label volumes are written (one <case id>.nii.gz per case in --out)")
+    bundle = load_bundle(args.model or default_model(case_folder=True, modality=args.modality))
+    t0 = time.perf_counter()
+    res = segment_folder(bundle, args.input, args.out, modality=args.modality, device=args.device,
+                         overwrite=args.overwrite, progress=TextProgress())
+    print(f"segmented {len(res.written)} case(s) of {args.input} into {args.out} in {time.perf_counter() - t0:.0f} s "
+          f"(model {bundle.path.name if bundle.path else '?'})"
+          + (f"; {len(res.skipped)} skipped: output exists (--overwrite replaces)" if res.skipped else ""))
+    for case_id, why in res.failed.items():
+        print(f"  failed {case_id}: {why}", file=sys.stderr)
+    if res.failed:
+        print(f"bigl segment: {len(res.failed)} case(s) failed", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -110,6 +151,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from bigl.bundles import default_model
     from bigl.io import NIFTI_OUTPUT, find_case, load_images, read_input, write_many
 
+    if _is_dataset_folder(Path(args.input)):
+        return _segment_dataset(args)
     outputs = [Path(p) for p in (args.out, args.attention, args.probabilities) if p]
     for p in outputs:
         check_output(p, suffix=NIFTI_OUTPUT, overwrite=args.overwrite, what="NIfTI output")
@@ -156,14 +199,16 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _bundle_outputs(out, overwrite=args.overwrite)
-    cfg = AdaptConfig(method=args.method, self_train=args.self_train, seed=args.seed,
+    cfg = AdaptConfig(method=args.method, self_train=args.self_train, seed=args.seed, workers=args.workers,
                       **({"steps": args.steps} if args.steps is not None else {}))
     source = load_bundle(args.model)
     if args.source_modality not in source.sequences:
         raise BiglError(f"{args.model} was trained on {', '.join(source.sequences)}, not {args.source_modality}; "
                         "pass the bundle's own sequence as --source-modality")
     result = adapt(source, args.source_data, args.source_modality, args.target_data, args.target_modality, cfg,
-                   device=args.device, progress=TextProgress())
+                   device=args.device, progress=TextProgress(), cache_dir=args.cache_dir)
+    if not _main_process():             # torchrun: rank 0 writes
+        return 0
     save_bundle(result.bundle, out, overwrite=args.overwrite)
     print(f"adapted {args.source_modality} -> {args.target_modality} with {args.method} in {result.seconds:.0f} s "
           f"(kept step {result.chosen_step} by unsupervised selection); wrote {out}")
@@ -250,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive_float, default=TRAIN_DEFAULTS.lr)
     p.add_argument("--val-every", type=_positive_int, default=TRAIN_DEFAULTS.val_every)
     p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
+    _data_options(p)
     _common(p, seed=True)
     p.set_defaults(func=_cmd_train)
 
@@ -257,11 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="model bundle (default: the bundled four-sequence model for a case folder without "
                         "--modality, else the bundled T1 model)")
-    p.add_argument("--input", required=True, help="a .nii/.nii.gz file or a BraTS case folder")
+    p.add_argument("--input", required=True, help="a .nii/.nii.gz file, a BraTS case folder, or a dataset folder "
+                   "of case folders (then --out is a folder: one <case id>.nii.gz per case)")
     p.add_argument("--modality", choices=SEQUENCES,
                    help="input sequence (guessed from the file name if omitted); with a case folder: segment this "
                         "one sequence with a single-sequence model")
-    p.add_argument("--out", required=True, help="label volume to write (.nii.gz), on the input's grid")
+    p.add_argument("--out", required=True, help="label volume to write (.nii.gz), on the input's grid; for a "
+                   "dataset folder, the output folder (existing outputs are skipped unless --overwrite)")
     p.add_argument("--attention", help="also write the attention summary volume here")
     p.add_argument("--probabilities", help="also write the 4 class probabilities (4D NIfTI) here")
     _common(p)
@@ -290,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="bigl", choices=("bigl", "adaptseg", "translate", "cycada", "source-only"))
     p.add_argument("--self-train", action="store_true", help="add pseudo-label self-training after alignment")
     p.add_argument("--steps", type=_positive_int, default=None, help="alignment steps (default from AdaptConfig)")
+    _data_options(p)
     _common(p, seed=True)
     p.set_defaults(func=_cmd_adapt)
 
@@ -324,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", default=None,
+                   help="folder for the preprocessed cases (default: <dataset folder>.bigl-cache beside each dataset)")
+    p.add_argument("--workers", type=int, default=TRAIN_DEFAULTS.workers,
+                   help="data-loading worker processes (0: load in the training process)")
+
+
 def _common(p: argparse.ArgumentParser, *, seed: bool = False, overwrite: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto = cuda when available)")
     if seed:
@@ -339,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     # a library warning (wrong sequence, anisotropic or unstripped input) reads as one line, not a source excerpt
     warnings.formatwarning = lambda message, category, *_a, **_k: f"bigl {args.command}: warning: {message}\n"
+    logging.getLogger("bigl.data.cache").setLevel(logging.INFO)   # say when (and where) cases are preprocessed
     try:
         return args.func(args)
     except BiglError as exc:
@@ -347,6 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bigl {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "bigl.distributed" in sys.modules:   # a torchrun job leaves its process group
+            sys.modules["bigl.distributed"].shutdown()
 
 
 if __name__ == "__main__":

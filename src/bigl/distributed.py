@@ -89,6 +89,17 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
+def sync_buffers(module: nn.Module, d: Dist) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics) of ``module``.
+
+    DDP keeps parameters identical and copies rank 0's buffers at each forward; the
+    statistics of the last forward differ between ranks until this is called.
+    """
+    if d.active:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from bigl.checkpoint import Bundle
 from bigl.checks import warn_about_input
+from bigl.distributed import precision
 from bigl.errors import BiglError
 from bigl.io import Volume
 from bigl.metrics import region_volumes
@@ -129,24 +130,27 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     win = _Window.for_mask(vol.mask, max(model.stride, translator.stride if translator is not None else 1))
     with_attention = with_attention and model.config.attention
     report = Reporter("segment", len(win.z), progress, cancel)
+    amp = precision(device)             # bfloat16/float16 autocast on CUDA, float32 elsewhere
     for start in range(0, len(win.z), batch_size):
         report(start)
         idx = win.z[start:start + batch_size]
-        x = win.slices(vol.image, idx, model.config.context_slices).to(device)
+        x = win.slices(vol.image, idx, model.config.context_slices).to(device, non_blocking=True)
         x_direct = x
-        if translator is not None:
-            x = translator(x, (x != 0).float())
-        out = model(x, return_extras=with_attention)
+        with amp.autocast():
+            if translator is not None:
+                x = translator(x, (x != 0).float())
+            out = model(x, return_extras=with_attention)
+            direct = model(x_direct) if translator is not None and mode == "ensemble" else None
         logits = out.logits if with_attention else out
-        soft = torch.softmax(logits, dim=1)
-        if translator is not None and mode == "ensemble":
-            soft = 0.5 * (soft + torch.softmax(model(x_direct), dim=1))
+        soft = torch.softmax(logits.float(), dim=1)
+        if direct is not None:
+            soft = 0.5 * (soft + torch.softmax(direct.float(), dim=1))
         p = win.uncrop(soft)                                                 # (B, K, h, w)
         m = vol.mask[idx][:, win.y, win.x]
         p = np.where(m[:, None], p, np.eye(K, dtype=np.float32)[0][None, :, None, None])
         probs[:, idx, win.y, win.x] = p.transpose(1, 0, 2, 3)
         if with_attention:
-            a = out.position_attention                                      # (B, N, N)
+            a = out.position_attention.float()                              # (B, N, N)
             gh, gw = out.feature.shape[-2:]
             received = a.mean(dim=1).mul(a.shape[-1]).reshape(-1, 1, gh, gw)  # (B, 1, gh, gw), 1 = average
             up = F.interpolate(received, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -294,3 +298,88 @@ def attention_query(bundle: Bundle, volume: Inputs, z: int, y: int, x: int, *,
     up = F.interpolate(row, size=(H, W), mode="bilinear", align_corners=False)
     out_map[win.y, win.x] = win.uncrop(up)[0, 0] * vol.mask[z, win.y, win.x]
     return out_map
+
+
+@dataclass
+class FolderResult:
+    """What :func:`segment_folder` did, by case id."""
+
+    written: dict[str, Path]
+    skipped: dict[str, Path]          # outputs that existed already (kept without ``overwrite``)
+    failed: dict[str, str]            # why each failed case failed
+
+
+def segment_folder(bundle: Bundle, dataset_dir: str | Path, out_dir: str | Path, *, modality: str | None = None,
+                   device: str | torch.device = "auto", overwrite: bool = False,
+                   progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> FolderResult:
+    """Segment every case folder of a dataset into ``out_dir/<case id>.nii.gz``, on each case's grid.
+
+    A multi-sequence bundle reads its sequences of each case; a single-sequence
+    bundle reads ``modality`` (default: the bundle's own sequence). Existing
+    outputs are kept and skipped unless ``overwrite``. A case that cannot be
+    read, segmented or written is recorded in ``failed`` and the rest go on.
+    The next case is read and the previous one written on worker threads
+    while a case is segmented (NIfTI decompression and compression release the GIL).
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+    from pathlib import Path
+
+    from bigl._fs import check_output
+    from bigl.io import NIFTI_OUTPUT, list_cases, load_images, write_like
+
+    out_dir = Path(out_dir)
+    if out_dir.name.lower().endswith(NIFTI_OUTPUT):
+        raise BiglError(f"{out_dir}: with a dataset folder as input, --out is a folder for one <case id>.nii.gz "
+                        "per case, not a file")
+    cases = list_cases(dataset_dir)
+    seqs = tuple(bundle.sequences) if len(bundle.sequences) > 1 else (modality or bundle.sequences[0],)
+    result = FolderResult({}, {}, {})
+    todo = []
+    for case in cases:
+        target = out_dir / f"{case.case_id}.nii.gz"
+        if target.exists() and not overwrite:
+            result.skipped[case.case_id] = target
+        else:
+            todo.append((case, target))
+    if todo:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        check_output(todo[0][1], suffix=NIFTI_OUTPUT, overwrite=overwrite, what="NIfTI output")  # writable here
+    dev = resolve_device(device)
+    report = Reporter("cases", len(todo), progress, cancel)
+
+    def read(case):
+        images = load_images(case, seqs)
+        return images[seqs[0]], (images if len(seqs) > 1 else images[seqs[0]])
+
+    def finish(writing: tuple[str, Future] | None) -> None:
+        if writing is None:
+            return
+        case_id, job = writing
+        try:
+            result.written[case_id] = job.result()
+        except (BiglError, OSError) as exc:
+            result.failed[case_id] = str(exc)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reading = pool.submit(read, todo[0][0]) if todo else None
+        writing = None                  # at most one case waits to be written: memory stays one case's
+        for i, (case, target) in enumerate(todo):
+            report(i)
+            try:
+                volume, inputs = reading.result()
+            except (BiglError, OSError, ValueError) as exc:
+                result.failed[case.case_id] = str(exc)
+                continue
+            finally:
+                reading = pool.submit(read, todo[i + 1][0]) if i + 1 < len(todo) else None
+            try:
+                seg = segment_volume(bundle, inputs, sequence=None if len(seqs) > 1 else seqs[0], device=dev,
+                                     with_attention=False)
+            except (BiglError, ValueError, RuntimeError) as exc:
+                result.failed[case.case_id] = str(exc)
+                continue
+            finish(writing)
+            writing = (case.case_id, pool.submit(write_like, seg.labels, volume, target, overwrite=overwrite))
+        finish(writing)
+    report(len(todo))
+    return result

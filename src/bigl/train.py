@@ -237,6 +237,7 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
                     best = metrics["average_dice"]
                     save_bundle(make_bundle(step, metrics), partial_path(out), overwrite=True)
             report(step, **metrics)      # raises Cancelled when asked to stop: only the .partial file stays
+    distributed.sync_buffers(model, ddp)
     if not ddp.is_main:                 # rank 0 writes; the others hand back their (identical) weights
         distributed.barrier(ddp)
         return TrainResult(make_bundle(cfg.steps, {}), out, last_out, history, best, time.perf_counter() - t0)
