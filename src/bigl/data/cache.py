@@ -17,8 +17,9 @@ sequences, the normalisation, the in-plane spacing and :data:`CACHE_VERSION`;
 when any of them changes the entry is rebuilt and the old one removed. An
 entry appears by renaming a finished temporary folder, so an interrupted build
 leaves nothing that is read later. The cache root defaults to
-``<dataset folder>.bigl-cache`` beside the dataset folder (``cache_dir``
-overrides it; the CLI's ``--cache-dir``).
+``<dataset folder>.bigl-cache`` beside the dataset folder, or, where that
+cannot be written, ``~/.cache/bigl/<dataset name>-<hash>`` (``$XDG_CACHE_HOME``);
+``cache_dir`` (the CLI's ``--cache-dir``) overrides both.
 """
 
 from __future__ import annotations
@@ -145,7 +146,13 @@ def _write_entry(vol: PreparedVolume, folder: Path) -> None:
                 "brain_center": list(vol.brain_center), "brain_box": [ys.start, ys.stop, xs.start, xs.stop],
                 "labelled": vol.target is not None}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        os.rename(tmp, folder)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            # another process (a second run on the same data) finished the same entry first: the
+            # entries are identical by their key, so keep that one and drop ours
+            if not (folder / "meta.json").exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -159,14 +166,25 @@ def _read_entry(folder: Path) -> CachedVolume:
                         tuple(meta["brain_box"]), meta["labelled"])
 
 
+def _user_cache_dir(dataset_dir: Path) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(str(dataset_dir.resolve()).encode()).hexdigest()[:12]
+    return base / "bigl" / f"{dataset_dir.name}-{digest}"
+
+
 def _root_for(case: Case, cache_dir: str | os.PathLike | None) -> Path:
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir(case.path.parent)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BiglError(f"cannot create the preprocessed-data cache {root} ({exc}); pass a writable folder as "
-                        "--cache-dir (cache_dir=...)") from exc
-    return root
+    """The cache folder of ``case``: ``cache_dir``, else beside its dataset, else (read-only dataset) the user's cache."""
+    candidates = [Path(cache_dir)] if cache_dir is not None else [default_cache_dir(case.path.parent),
+                                                                 _user_cache_dir(case.path.parent)]
+    for root in candidates:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if os.access(root, os.W_OK):
+                return root
+        except OSError as exc:
+            log.debug("cannot use %s as the cache: %s", root, exc)
+    raise BiglError(f"cannot create the preprocessed-data cache in {' or '.join(map(str, candidates))}; pass a "
+                    "writable folder as --cache-dir (cache_dir=...)")
 
 
 def cache_cases(cases: list[Case], sequences: str | Sequence[str], *, labels: bool,
