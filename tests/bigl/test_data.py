@@ -87,3 +87,23 @@ def test_batches_are_reproducible_with_any_worker_count(dataset, tmp_path):
 def test_shard_splits_cases_between_ranks():
     assert shard(list(range(5)), 0, 2) == [0, 2, 4] and shard(list(range(5)), 1, 2) == [1, 3]
     assert shard([0], 1, 2) == [0]
+
+
+def test_cache_falls_back_to_the_user_cache_when_beside_the_dataset_is_not_writable(dataset, tmp_path, monkeypatch):
+    import bigl.data.cache as cache
+
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(cache, "default_cache_dir", lambda d: tmp_path / "a_file" / "x.bigl-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    vol = cache_cases(list_cases(dataset)[:1], "t1", labels=False)[0]
+    assert vol.folder.parent.parent == tmp_path / "user" / "bigl" and vol.folder.parent.name.startswith("data-")
+
+
+def test_loading_off_the_main_thread_stays_in_process(dataset, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    vols = cache_cases(list_cases(dataset)[:2], "t1", labels=True, cache_dir=tmp_path / "cache")
+    kw = dict(batch_size=2, n_batches=2, seed=0, tumour_fraction=0.5, jitter=0, augment=False, workers=2)
+    with ThreadPoolExecutor(1) as pool:   # a GUI's background job: no fork of a threaded process
+        x, y = pool.submit(lambda: next(batches(vols, (32, 32), **kw))).result()
+    assert torch.equal(x, next(batches(vols, (32, 32), **kw))[0])

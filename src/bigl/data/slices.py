@@ -15,6 +15,7 @@ with its own seed (:func:`shard`).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -111,9 +112,13 @@ def batches(volumes: Sequence, patch: tuple[int, int], *, batch_size: int, n_bat
     """``n_batches`` batches (image (B, C, H, W), target (B, H, W) or None) on ``device``.
 
     ``workers`` > 0 cuts them in that many worker processes ahead of use; on
-    CUDA they come in pinned memory and are copied without blocking.
+    CUDA they come in pinned memory and are copied without blocking. Called
+    off the main thread (a GUI's background job) it loads in-process instead:
+    forking a process that runs other threads (Qt's) can deadlock the child.
     """
     cuda = device is not None and torch.device(device).type == "cuda"
+    if threading.current_thread() is not threading.main_thread():
+        workers = 0
     draws = SliceDraws(volumes, batch_size, n_batches, seed, tumour_fraction=tumour_fraction, jitter=jitter,
                        augment=augment)
     first = seed if isinstance(seed, int) else int(np.random.SeedSequence(list(seed)).generate_state(1)[0])
