@@ -54,15 +54,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Supervised training settings. CPU defaults reach a useful model on the sample cases in minutes."""
+    """Supervised training settings. CPU defaults: 12 cases at 2 mm train in under 10 minutes on 2 cores."""
 
-    steps: int = 800
+    steps: int = 2000
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-5
     lr_power: float = 0.9
     val_fraction: float = 0.2
-    val_every: int = 200
+    val_every: int = 250
     max_val_cases: int = 4
     tumour_fraction: float = 0.6      # share of slices drawn from slices with tumour
     jitter: int = 8                   # random in-plane offset of the window, pixels
