@@ -223,6 +223,9 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
                 x, y = augment_batch(x, y, cfg.augmentation)
             with precision.autocast():
                 loss = segmentation_loss(net(x), y)
+            if not torch.isfinite(loss):   # stop at once: every later step would train on NaN weights
+                raise BiglError(f"training diverged at step {step} (loss {loss.item()}); the best model so far is "
+                                f"{partial_path(out)} — retrain with a lower --lr or report this as a bug")
             optimizer.zero_grad(set_to_none=True)
             precision.backward(loss)
             precision.step(optimizer)

@@ -82,3 +82,16 @@ def test_augment_batch_shapes_and_label_values():
         xo, yo = augment_batch(x, y, AugmentConfig(contrast_method=method))
         assert xo.shape == x.shape and yo.shape == y.shape and yo.dtype == torch.long
         assert set(yo.unique().tolist()) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("method", ["none", "gin", "remap"])
+def test_a_window_without_brain_stays_finite(method):
+    """A slice whose brain left the window (or never had any) must not turn into NaN (it did: inf - inf in gamma)."""
+    torch.manual_seed(5)
+    x, y = _batch()
+    x[0], y[0] = 0, 0
+    all_on = AugmentConfig(p_spatial=1, p_elastic=1, p_gamma=1, p_gamma_inverted=1, p_brightness=1, p_contrast=1,
+                           p_noise=1, p_blur=1, p_low_resolution=1, p_bias=1, contrast_method=method,
+                           p_contrast_random=1)
+    xo, yo = augment_batch(x, y, all_on)
+    assert torch.isfinite(xo).all() and torch.all(xo[0] == 0) and torch.all(yo[0] == 0)

@@ -99,6 +99,8 @@ def _brain_stats(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
     big = torch.finfo(x.dtype).max
     lo = torch.where(mask > 0, x, torch.full_like(x, big)).amin(dim=(2, 3), keepdim=True)
     hi = torch.where(mask > 0, x, torch.full_like(x, -big)).amax(dim=(2, 3), keepdim=True)
+    empty = mask.sum(dim=(2, 3), keepdim=True) == 0     # no brain in the window (e.g. moved out by a rotation)
+    lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 0.0, hi)   # not ±max: (hi - lo) would be inf -> NaN
     return mean, var.sqrt(), lo, hi
 
 
