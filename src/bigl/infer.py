@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from bigl.checkpoint import Bundle
 from bigl.checks import warn_about_input
@@ -37,6 +38,9 @@ from bigl.preprocess import (PreparedVolume, bounding_box, brain_mask, classes_t
 from bigl.progress import CancelFn, ProgressFn, Reporter
 
 log = logging.getLogger(__name__)
+
+MIN_LESION_ML = 0.5
+"""Default of :func:`remove_small_lesions`: connected whole-tumour components smaller than this are dropped."""
 
 
 class SequenceMismatchWarning(UserWarning):
@@ -212,9 +216,12 @@ def model_input(bundle: Bundle, volume: Inputs, spacing: tuple[float, float, flo
 
 def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = None,
                    spacing: tuple[float, float, float] | None = None, device: str | torch.device = "auto",
-                   batch_size: int = 16, with_attention: bool = True,
+                   batch_size: int = 16, with_attention: bool = True, min_lesion_ml: float = MIN_LESION_ML,
                    progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> Segmentation:
     """Segment one raw (un-normalised) volume, or a case's sequences, with a bundle; outputs lie on the input grid.
+
+    Labels: the argmax of the probabilities, without whole-tumour components
+    under ``min_lesion_ml`` (:func:`remove_small_lesions`; probabilities untouched).
 
     ``volume`` is a volume, or ``{sequence: volume}`` (see :func:`model_input`;
     a multi-sequence bundle needs every sequence it was trained on).
@@ -237,8 +244,23 @@ def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = Non
                                         **bundle_translation(bundle), progress=progress, cancel=cancel)
     if factor:
         probs, attention = _back_to_grid(probs, attention, arrays)
-    labels = classes_to_labels(probs.argmax(axis=0))
+    labels = remove_small_lesions(classes_to_labels(probs.argmax(axis=0)), spacing, min_lesion_ml)
     return Segmentation(labels, probs, attention, region_volumes(labels, spacing))
+
+
+def remove_small_lesions(labels: np.ndarray, spacing: tuple[float, float, float], min_ml: float) -> np.ndarray:
+    """Labels with every connected whole-tumour component (26-connected) under ``min_ml`` set to background.
+
+    Scattered specks of a few voxels are the typical false positives on a
+    healthy brain; gliomas are far larger. ``min_ml`` 0 keeps everything.
+    """
+    if min_ml <= 0 or not labels.any():
+        return labels
+    comps, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(comps.ravel(), minlength=n + 1) * float(np.prod(spacing)) / 1000.0
+    small = sizes < min_ml
+    small[0] = False
+    return np.where(small[comps], 0, labels).astype(labels.dtype)
 
 
 def uncertainty(probabilities: np.ndarray) -> np.ndarray:

@@ -80,3 +80,20 @@ def test_uncertainty_of_a_segmentation(tiny_bundle_path, case_t1):
     certain = seg.probabilities.max(axis=0) == 1          # e.g. every voxel outside the brain
     assert u.shape == case_t1.data.shape and certain.any() and (u[certain] == 0).all() and 0 < u.max() <= 1
 
+
+
+def test_remove_small_lesions_drops_specks_keeps_lesions():
+    from bigl.infer import remove_small_lesions
+
+    labels = np.zeros((10, 20, 20), np.uint8)
+    labels[2:6, 2:8, 2:8] = 2           # 144 voxels x 8 mm3 = 1.15 ml: kept
+    labels[3:5, 4:6, 4:6] = 4           # inside the lesion: kept with it
+    labels[8, 15, 15] = 1               # one voxel, 0.008 ml: dropped
+    labels[8, 17:19, 2:4] = 2           # 4 voxels, 0.032 ml: dropped
+    out = remove_small_lesions(labels, (2.0, 2.0, 2.0), 0.5)
+    assert out.dtype == labels.dtype
+    np.testing.assert_array_equal(out[:7], labels[:7])
+    assert not out[7:].any()
+    np.testing.assert_array_equal(remove_small_lesions(labels, (2.0, 2.0, 2.0), 0.0), labels)
+    # the same lesion at 1 mm is 0.14 ml: below 0.5 ml it goes
+    assert not remove_small_lesions(labels, (1.0, 1.0, 1.0), 0.5).any()
