@@ -10,13 +10,17 @@ the time the GUI thread could not react (a stall). For each phase the script
 reports the longest gap and the number above 50 ms, from the button press to
 the last layer update:
 
-- ``segment (new layers)``: Segment on a 144x200x168 volume (the "small"
-  phantom upsampled 2x), first time: the attention and labels layers are added;
+- ``choose image``: the image picked in the widget's list; its result layers
+  are made then, hidden and empty, one per event-loop turn (napari_bigl._ahead);
+- ``segment (first)``: Segment on a 144x200x168 volume (the "small"
+  phantom upsampled 2x), first time: the attention and labels layers made
+  ahead are filled and shown;
 - ``segment (update)``: Segment again: the layers are updated in place;
 - ``uncertainty tick``: the uncertainty layer is added from the stored result;
 - ``attention query``: a point placed, then moved 5 times;
 - ``adapt (previews)``: Adapt to this modality with the demo model on the first
-  sample case's T2, a few steps, labels previewed at every step;
+  sample case's T2 (chosen, and its layers made ahead, before the press), a
+  few steps, labels previewed at every step;
 - ``napari add_labels (floor)``: napari's own ``add_labels`` of a 2x4x4 array
   and ``add_image`` with given contrast limits, for comparison: the fixed
   cost of adding any layer, which no plugin can avoid.
@@ -40,21 +44,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Ticks:
-    """Gaps between the ticks of a 10 ms QTimer, from :meth:`begin` on."""
+    """Gaps between the ticks of a 10 ms QTimer, from :meth:`begin` on.
+
+    Besides the wall-clock gap, the GUI thread's own CPU time between two ticks
+    (``time.thread_time``) is kept: on a machine shared with other jobs the wall
+    gap also counts the time the GUI thread waited for a core; the CPU gap is
+    the work itself, what the wall gap shrinks to on a quiet machine.
+    """
 
     def __init__(self, period_ms: int = 10) -> None:
         from qtpy.QtCore import QTimer
 
         self.times: list[float] = []
+        self.cpu: list[float] = []
         self.timer = QTimer()
-        self.timer.timeout.connect(lambda: self.times.append(time.perf_counter()))
+        self.timer.timeout.connect(self._tick)
         self.timer.start(period_ms)
 
+    def _tick(self) -> None:
+        self.times.append(time.perf_counter())
+        self.cpu.append(time.thread_time())
+
     def begin(self) -> None:
-        self.times = [time.perf_counter()]
+        self.times, self.cpu = [time.perf_counter()], [time.thread_time()]
 
     def gaps_ms(self) -> np.ndarray:
         return np.diff(self.times) * 1000.0
+
+    def cpu_gaps_ms(self) -> np.ndarray:
+        return np.diff(self.cpu) * 1000.0
 
 
 class StallSampler:
@@ -65,6 +83,8 @@ class StallSampler:
         import threading
 
         self.ticks, self.late, self.samples = ticks, late, collections.Counter()
+        self.inclusive: collections.Counter = collections.Counter()   # function -> samples with it on the stack
+        self.n = 0
         self.main = threading.main_thread().ident
         self.stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
@@ -77,14 +97,25 @@ class StallSampler:
             if times and time.perf_counter() - times[-1] > self.late:
                 frame = sys._current_frames().get(self.main)
                 if frame is not None:
-                    stack = traceback.extract_stack(frame)[-12:]
+                    full = traceback.extract_stack(frame)
                     self.samples[tuple(f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
-                                       for f in stack)] += 1
+                                       for f in full[-12:])] += 1
+                    self.n += 1
+                    for name in {f"{f.filename.split('site-packages/')[-1]} {f.name}" for f in full}:
+                        self.inclusive[name] += 1
 
     def report(self, n: int = 5) -> None:
+        """The most frequent stacks, then the napari/vispy/Qt functions most often on the stack (inclusive)."""
         for stack, count in self.samples.most_common(n):
             print(f"  --- {count} samples ({2 * count} ms)\n" + "\n".join(f"      {line}" for line in stack))
+        if self.n:
+            print(f"  --- inclusive share of {self.n} samples taken during stalls:")
+            for name, count in self.inclusive.most_common(60):
+                if name.startswith(("napari/", "vispy/", "superqt/", "napari_bigl")) or "napari_bigl" in name:
+                    print(f"      {100 * count / self.n:5.1f} %  {name}")
         self.samples.clear()
+        self.inclusive.clear()
+        self.n = 0
 
 
 def pump(app, until, timeout: float = 600.0) -> None:
@@ -105,11 +136,13 @@ def measure(app, ticks: Ticks, name: str, action, until, rows: list, settle: flo
     wall = time.perf_counter() - t0
     end = time.perf_counter() + settle            # repaints due after the last update count too
     pump(app, lambda: time.perf_counter() > end)
-    gaps = ticks.gaps_ms()
+    gaps, cpu = ticks.gaps_ms(), ticks.cpu_gaps_ms()
     rows.append({"phase": name, "wall_s": round(wall, 2), "max_gap_ms": round(float(gaps.max()), 1),
-                 "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1), "gaps_over_50ms": int((gaps > 50).sum())})
+                 "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1), "gaps_over_50ms": int((gaps > 50).sum()),
+                 "max_gui_cpu_ms": round(float(cpu.max()), 1), "gui_cpu_over_50ms": int((cpu > 50).sum())})
     print(f"{name:28s} {wall:7.2f} s   max gap {gaps.max():6.1f} ms   p99 {np.percentile(gaps, 99):5.1f} ms   "
-          f"> 50 ms: {int((gaps > 50).sum())}", flush=True)
+          f"> 50 ms: {int((gaps > 50).sum())}   GUI CPU max {cpu.max():6.1f} ms  > 50 ms: {int((cpu > 50).sum())}",
+          flush=True)
     if sampler is not None:
         sampler.report()
 
@@ -136,16 +169,19 @@ def main() -> None:
     small = make_case(0, "small").images["t1"]
     big = np.repeat(np.repeat(np.repeat(small, 2, 0), 2, 1), 2, 2)             # (144, 200, 168)
     viewer.add_image(big, name="big t1", contrast_limits=(0.0, float(np.percentile(big, 99.5))))
+    viewer.add_image(np.zeros((8, 8, 8), np.float32), name="other t1", contrast_limits=(0, 1))
     _, widget = viewer.window.add_plugin_dock_widget("napari-bigl", "BiGL Segment")
     widget.device_combo.setCurrentText("cpu")
-    widget.image_combo.setCurrentText("big t1")
-    pump(app, lambda: True)
+    widget.image_combo.setCurrentText("other t1")
+    ahead = getattr(widget, "ahead", None)          # (absent before result layers were made ahead: --compare)
+    pending = lambda: ahead is not None and ahead.pending()  # noqa: E731
+    pump(app, lambda: not pending())
     for _ in range(50):
         app.processEvents()
         time.sleep(0.01)
     ticks, rows = Ticks(), []
     sampler = StallSampler(ticks) if args.explain else None
-    idle = lambda: not widget.is_busy() and not widget.jobs.workers  # noqa: E731
+    idle = lambda: not widget.is_busy() and not widget.jobs.workers and not pending()  # noqa: E731
 
     measure(app, ticks, "napari add_labels (floor)", lambda: viewer.add_labels(np.zeros((2, 4, 4), np.uint8)),
             lambda: True, rows, sampler=sampler)
@@ -153,7 +189,9 @@ def main() -> None:
             lambda: viewer.add_image(np.zeros((2, 4, 4), np.float32), contrast_limits=(0, 1)), lambda: True, rows, sampler=sampler)
     for layer in list(viewer.layers)[-2:]:
         viewer.layers.remove(layer)
-    measure(app, ticks, "segment (new layers)", widget.segment, idle, rows, sampler=sampler)
+    measure(app, ticks, "choose image", lambda: widget.image_combo.setCurrentText("big t1"), idle, rows,
+            sampler=sampler)
+    measure(app, ticks, "segment (first)", widget.segment, idle, rows, sampler=sampler)
     measure(app, ticks, "segment (update)", widget.segment, idle, rows, sampler=sampler)
     measure(app, ticks, "uncertainty tick", lambda: widget.segment_panel.uncertainty_check.setChecked(True),
             lambda: True, rows, sampler=sampler)
@@ -178,6 +216,7 @@ def main() -> None:
         case = list_cases(ROOT / "sample_data")[0]
         viewer.open(str(case.path), plugin="napari-bigl")
         widget.image_combo.setCurrentText(f"{case.case_id} t2")
+        pump(app, idle)
         widget.adapt_panel.preview_spin.setValue(1)
         widget.adapt_panel.adapt_config = lambda: AdaptConfig(
             steps=args.adapt_steps, batch_size=4, checkpoint_every=max(1, args.adapt_steps // 2),

@@ -26,6 +26,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QFormLayout, QGroupBox, QLineEdit, QVBoxLayout
 
 from napari_bigl import _controller as ctl
+from napari_bigl._ahead import PLACEHOLDER_KEY, is_placeholder
 from napari_bigl._jobs import guarded
 from napari_bigl._layers import LayerDataTuple
 from napari_bigl._results import ImageRef, labels_name
@@ -83,18 +84,23 @@ class AdaptPanel(QGroupBox):
         host = self.host
         if host.is_busy():
             return
-        layer, volume, target = host.inputs()
-        image = ImageRef.of(layer)
+        layer, volume, sequences = host.inputs()
+        if len(sequences) > 1:
+            raise BiglError(f"Adapt to this modality adapts a single-sequence model to the image's sequence; this "
+                            f"model already reads {', '.join(sequences)}. Choose a single-sequence model (e.g. the "
+                            "bundled T1 model) to adapt it to a sequence it was not trained on")
+        image, target = ImageRef.of(layer), sequences[0]
         source_dir = Path(self.source_edit.text().strip() or ctl.default_source_dir())
         config, every, device = self.adapt_config(), self.preview_spin.value(), host.device()
         segment = host.segment_panel
         palette, with_uncertainty = segment.palette(), segment.uncertainty_check.isChecked()
 
         def run(bundle: Bundle) -> None:
+            ctl.check_model_inputs(bundle, sequences)
             ctl.source_sequence(bundle, target)                  # fail now, not in the worker
             remember(SOURCE_KEY, source_dir)
             labels = host.layer(labels_name(layer.name))
-            before = None if labels is None else np.array(labels.data, copy=True)
+            before = None if labels is None or is_placeholder(labels) else np.array(labels.data, copy=True)
             model_path = host.model_path()
             progress = host.jobs.progress.emit
 
@@ -119,8 +125,10 @@ class AdaptPanel(QGroupBox):
 
     def _restore_labels(self, image: Image, before: np.ndarray | None) -> None:
         labels = self.host.layer(labels_name(image.name))
-        if labels is not None and before is None:
-            self.host.viewer.layers.remove(labels)   # made by a preview only
+        if labels is not None and before is None:     # filled by a preview only: empty and hidden again
+            labels.visible = False
+            labels.data = np.zeros_like(labels.data)
+            labels.metadata[PLACEHOLDER_KEY] = True
         elif labels is not None:
             labels.data = before
 

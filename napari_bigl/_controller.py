@@ -24,7 +24,7 @@ import torch
 from bigl.adapt import AdaptConfig, adapt
 from bigl.checkpoint import Bundle, read_document
 from bigl.errors import BiglError
-from bigl.infer import SequenceMismatchWarning, check_sequence, segment_volume
+from bigl.infer import SequenceMismatchWarning, check_sequence, model_input, segment_volume
 from bigl.io import SEQUENCES, Volume, list_cases, sequence_from_name
 from bigl.progress import CancelFn, Cancelled, Progress, ProgressFn
 from bigl.translate import translate_volume
@@ -71,6 +71,67 @@ def require_sequence(sequence: str | None, layer_name: str) -> str:
         raise BiglError(f"the MR sequence of layer '{layer_name}' is not known (it could not be guessed from its "
                         f"name); choose it in the 'sequence' list ({', '.join(SEQUENCES)})")
     return sequence
+
+
+def model_sequences(path: str) -> tuple[str, ...]:
+    """The sequences a model file reads, in channel order, from its document alone (no weights loaded); () if unknown."""
+    try:
+        return tuple(read_document(path).get("sequences", ()))
+    except BiglError:
+        return ()
+
+
+def match_sequences(needed: tuple[str, ...], layers: list[Any], image: Any = None) -> dict[str, str]:
+    """Pre-fill a multi-sequence model's inputs: ``{sequence: layer name}`` of the open image layers.
+
+    A layer matches a sequence by the reader's ``metadata["sequence"]``, else by
+    its name (:func:`bigl.io.sequence_from_name`). Among several matches the
+    selected ``image`` itself, then a layer of the same case ("<case> <seq>"), then the first one wins.
+    Sequences without a match are left out.
+    """
+    case = case_name(image) if image is not None else None
+    chosen: dict[str, str] = {}
+    for seq in needed:
+        matches = [lyr for lyr in layers if guess_sequence(lyr) == seq]
+        matches.sort(key=lambda lyr: (lyr is not image, case is None or case_name(lyr) != case))
+        if matches:
+            chosen[seq] = matches[0].name
+    return chosen
+
+
+@dataclass(frozen=True)
+class _Needs:
+    """What :func:`bigl.infer.model_input` reads of a bundle: its sequences (checked before the model is loaded)."""
+
+    sequences: tuple[str, ...]
+
+
+def sequence_inputs(needed: tuple[str, ...], chosen: dict[str, Any], image: Any = None) -> dict[str, Volume]:
+    """``{sequence: Volume}`` of the layers chosen for a multi-sequence model, checked as bigl checks them.
+
+    A clear BiglError when a sequence has no layer, a layer is not a 3D volume,
+    or the layers (and the ``image`` the results are shown over) do not share one voxel grid.
+    """
+    missing = [s for s in needed if chosen.get(s) is None]
+    if missing:
+        raise BiglError(f"this model reads {', '.join(needed)}: no image layer is chosen for {', '.join(missing)}. "
+                        "Open the case's other series (File > Open Folder… on the case) and choose each in its "
+                        "list under 'image', or use a single-sequence model")
+    volumes = {s: image_input(chosen[s]) for s in needed}
+    model_input(_Needs(needed), volumes)      # bigl's own check: one grid, else what to co-register with
+    if image is not None and all(chosen[s] is not image for s in needed):
+        shape = tuple(image.data.shape)
+        if shape != volumes[needed[0]].data.shape:
+            raise BiglError(f"the results are shown over '{image.name}' {shape}, which is not on the grid of the "
+                            f"chosen sequences {volumes[needed[0]].data.shape}; choose one of them in the 'image' list")
+    return volumes
+
+
+def check_model_inputs(bundle: Bundle, sequences: tuple[str, ...]) -> None:
+    """A BiglError when the loaded model reads other sequences than the inputs the widget gathered for it."""
+    if len(bundle.sequences) > 1 and tuple(bundle.sequences) != tuple(sequences):
+        raise BiglError(f"this model reads {', '.join(bundle.sequences)}: choose the image layer of each in the lists "
+                        "under 'image', then press Segment again")
 
 
 def sequence_warnings(bundle: Bundle, sequence: str) -> list[str]:
@@ -234,7 +295,7 @@ def adapt_to_image(bundle: Bundle, source_dir: Path, volume: Volume, image: Imag
                    config, device=device, progress=progress, cancel=cancel, preview=on_snapshot,
                    preview_every=preview_every)
     try:
-        out = segment_for_display(result.bundle, volume, image, target, device=device, palette=palette,
+        out = segment_for_display(result.bundle, volume, image, (target,), device=device, palette=palette,
                                   with_uncertainty=with_uncertainty, progress=progress, cancel=cancel)
         translated = None
         if result.bundle.translator_t2s is not None:

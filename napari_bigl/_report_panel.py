@@ -61,7 +61,7 @@ class ReportPanel(QWidget):
             if overwrite is None:
                 return None
         report = build_report(case=ctl.case_name(res.image), image_layer=res.image.name, bundle=res.bundle,
-                              sequences=[res.sequence], volumes_ml=res.volumes_ml)
+                              sequences=list(res.sequences), volumes_ml=res.volumes_ml)
         csv_path, json_path = write_report(
             report, path, overwrite=overwrite,
             picture=lambda tmp: self.host.viewer.screenshot(tmp, canvas_only=True))

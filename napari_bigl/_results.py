@@ -17,12 +17,10 @@ from typing import Any
 
 import numpy as np
 from bigl.checkpoint import Bundle
-from bigl.infer import Segmentation, segment_volume, uncertainty
-from bigl.io import Volume
+from bigl.infer import Inputs, Segmentation, segment_volume, uncertainty
 from bigl.progress import CancelFn, ProgressFn
 
-from napari_bigl._layers import DEFAULT_PALETTE, LayerDataTuple, contrast_limits, label_colormap, labels_layer_data, \
-    layer_volume
+from napari_bigl._layers import DEFAULT_PALETTE, LayerDataTuple, label_colormap, labels_layer_data, layer_volume
 
 ROLE_KEY = "bigl_role"              # metadata marking layers the widget made (not offered as inputs)
 QUERY_LAYER = "attention query"
@@ -93,9 +91,31 @@ def uncertainty_layer(image: ImageRef, values: np.ndarray) -> LayerDataTuple:
 
 
 def translated_layer(image: ImageRef, translated: np.ndarray) -> LayerDataTuple:
-    """x_t→s (normalised intensity) in grey, over ``image``."""
-    kwargs = {"name": translated_name(image.name), "colormap": "gray", "contrast_limits": contrast_limits(translated)}
-    return _placed((translated, kwargs, "image"), image, "translated")
+    """x_t→s (normalised intensity) in grey over ``image``, windowed by :func:`normalised_limits`.
+
+    Normalised intensity is a z-score inside the brain and 0 outside, i.e. the
+    background equals the brain's mean and would show mid-grey: it is shown at
+    the window's lower end (black) instead, as in the paper's figures.
+    """
+    lo, hi = normalised_limits(translated)
+    shown = np.where(translated != 0, translated, np.float32(lo)).astype(np.float32, copy=False)
+    kwargs = {"name": translated_name(image.name), "colormap": "gray", "contrast_limits": (lo, hi)}
+    return _placed((shown, kwargs, "image"), image, "translated")
+
+
+def normalised_limits(data: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
+    """Display window of a normalised (z-scored, 0 outside the brain) volume: percentiles of the brain voxels.
+
+    A window from the extremes (or one that counts the zero background) lets a
+    few outliers of a translator's linear output squash the brain into a band
+    of near-white; the 1st-99th percentiles of the brain show its contrast.
+    """
+    sample = data[::2, ::2, ::2] if data.ndim == 3 else data
+    brain = sample[sample != 0]
+    if not brain.size:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(brain, percentiles))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 def attention_limits(attention: np.ndarray) -> tuple[float, float]:
@@ -118,31 +138,31 @@ class Shown:
     """A segmentation ready for the screen: layer tuples in the order they are added, and what later steps reuse."""
 
     image: ImageRef
-    volume: Volume
+    volume: Inputs                    # one Volume, or {sequence: Volume} for a multi-sequence model
     bundle: Bundle
-    sequence: str
+    sequences: tuple[str, ...]        # what was segmented: the image's sequence, or each input of a multi-sequence model
     attention: np.ndarray             # (z, y, x) summary; the attention query starts from it
     uncertainty: np.ndarray           # (z, y, x) normalised entropy
     volumes_ml: dict[str, float]
     layers: list[LayerDataTuple] = field(default_factory=list)
 
 
-def shown(image: ImageRef, volume: Volume, bundle: Bundle, sequence: str, seg: Segmentation, *,
+def shown(image: ImageRef, volume: Inputs, bundle: Bundle, sequences: tuple[str, ...], seg: Segmentation, *,
           palette: str, with_uncertainty: bool) -> Shown:
     """Layer tuples of a segmentation (attention, labels, and uncertainty when asked), built off the GUI thread."""
     unc = uncertainty(seg.probabilities)
     layers = [attention_layer(image, seg.attention), labels_layer(image, seg.labels, palette)]
     if with_uncertainty:
         layers.append(uncertainty_layer(image, unc))
-    return Shown(image, volume, bundle, sequence, seg.attention, unc, dict(seg.volumes_ml), layers)
+    return Shown(image, volume, bundle, tuple(sequences), seg.attention, unc, dict(seg.volumes_ml), layers)
 
 
-def segment_for_display(bundle: Bundle, volume: Volume, image: ImageRef, sequence: str, *, device: str,
+def segment_for_display(bundle: Bundle, volume: Inputs, image: ImageRef, sequences: tuple[str, ...], *, device: str,
                         palette: str, with_uncertainty: bool, progress: ProgressFn | None = None,
                         cancel: CancelFn | None = None) -> Shown:
     """:func:`bigl.infer.segment_volume`, then :func:`shown`: the whole of a Segment press but adding the layers."""
     seg = segment_volume(bundle, volume, device=device, progress=progress, cancel=cancel)
-    return shown(image, volume, bundle, sequence, seg, palette=palette, with_uncertainty=with_uncertainty)
+    return shown(image, volume, bundle, sequences, seg, palette=palette, with_uncertainty=with_uncertainty)
 
 
 class QueryView:

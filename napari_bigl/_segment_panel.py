@@ -75,16 +75,17 @@ class SegmentPanel(QWidget):
         host = self.host
         if host.is_busy():
             return
-        layer, volume, sequence = host.inputs()
+        layer, volume, sequences = host.inputs()
         image, device = ImageRef.of(layer), host.device()
         palette, with_uncertainty = self.palette(), self.uncertainty_check.isChecked()
 
         def run(bundle: Bundle) -> None:
-            for message in ctl.sequence_warnings(bundle, sequence):   # here: a notification every time
-                show_warning(message)
+            ctl.check_model_inputs(bundle, sequences)
+            for message in ctl.sequence_warnings(bundle, sequences[0]) if len(sequences) == 1 else ():
+                show_warning(message)                                 # here: a notification every time
 
             def work(cancel: ctl.CancelFlag) -> Shown:
-                return segment_for_display(bundle, volume, image, sequence, device=device, palette=palette,
+                return segment_for_display(bundle, volume, image, sequences, device=device, palette=palette,
                                            with_uncertainty=with_uncertainty, progress=host.jobs.progress.emit,
                                            cancel=cancel)
 

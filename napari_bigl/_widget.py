@@ -3,6 +3,8 @@
 - inputs (here): image layer, its MR sequence, the model bundle, the device;
   the model file and the adaptation source folder are remembered between
   sessions (Qt settings);
+- :class:`~napari_bigl._sequences_panel.SequencesPanel`: for a multi-sequence
+  model, the image layer of each sequence it reads;
 - :class:`~napari_bigl._segment_panel.SegmentPanel`: Segment, volumes, palette
   and legend, uncertainty layer, 3D view;
 - :class:`~napari_bigl._attention_panel.AttentionPanel`: attention at a point;
@@ -31,12 +33,14 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QLineEdi
 
 from napari_bigl import _controller as ctl
 from napari_bigl._adapt_panel import AdaptPanel
+from napari_bigl._ahead import PLACEHOLDER_KEY, AheadLayers, is_placeholder
 from napari_bigl._attention_panel import AttentionPanel
 from napari_bigl._jobs import JobBar, report
 from napari_bigl._layers import LayerDataTuple
 from napari_bigl._report_panel import ReportPanel
 from napari_bigl._results import ROLE_KEY, Shown
 from napari_bigl._segment_panel import SegmentPanel
+from napari_bigl._sequences_panel import SequencesPanel
 from napari_bigl._ui import MODEL_KEY, button, remember, remembered, row
 
 if TYPE_CHECKING:
@@ -58,6 +62,7 @@ class SegmentWidget(QWidget):
         self.result: Shown | None = None                 # the last segmentation on screen
         self._cached: tuple[Any, Bundle] | None = None   # (file key, bundle) of the model file
         self.adapted: Bundle | None = None               # the adapted model; the current one when set
+        self.ahead = AheadLayers(self)                   # the chosen image's result layers, made ahead of time
         self._build()
         self.reset_choices()
         self.destroyed.connect(self.jobs.cancel_all)     # closing the dock stops running work at its next step
@@ -69,6 +74,7 @@ class SegmentWidget(QWidget):
         self.sequence_combo = QComboBox()
         self.sequence_combo.addItems(["", *SEQUENCES])
         self.sequence_combo.setToolTip("MR sequence of the image (guessed from its name; correct it if wrong)")
+        self.sequence_combo.currentTextChanged.connect(lambda *_: self.ahead.image_chosen())
         self.model_edit = QLineEdit(remembered(MODEL_KEY, str(DEMO_BUNDLE), Path.is_file))
         self.model_edit.setToolTip("model bundle (*.safetensors); default: the demo T1 model")
         self.model_edit.textEdited.connect(self._on_model_edited)
@@ -80,12 +86,15 @@ class SegmentWidget(QWidget):
         self.device_combo.currentTextChanged.connect(self._update_device_note)
         self.device_note = QLabel(wordWrap=True)
         form = QFormLayout()
+        self.sequences_panel = SequencesPanel(self)
         form.addRow("image", self.image_combo)
         form.addRow("sequence", self.sequence_combo)
+        form.addRow(self.sequences_panel)
         form.addRow("model", row(self.model_edit, self.model_browse))
         form.addRow("", self.model_info)
         form.addRow("device", self.device_combo)
         form.addRow("", self.device_note)
+        self._sequence_label = form.labelForField(self.sequence_combo)
 
         self.segment_panel = SegmentPanel(self)
         self.attention_panel = AttentionPanel(self)
@@ -126,8 +135,7 @@ class SegmentWidget(QWidget):
     def reset_choices(self, *_: Any) -> None:
         """Refill the image list from the viewer (napari calls this whenever the layers change)."""
         current = self.image_combo.currentText()
-        names = [lyr.name for lyr in self.viewer.layers
-                 if isinstance(lyr, Image) and ROLE_KEY not in (lyr.metadata or {})]
+        names = [lyr.name for lyr in self.input_layers()]
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems(names)
@@ -136,18 +144,40 @@ class SegmentWidget(QWidget):
         self.image_combo.blockSignals(False)
         if self.image_combo.currentText() != current:
             self._on_image_changed()
+        else:
+            self.sequences_panel.refill()
         self.attention_panel.layers_changed()
+
+    def input_layers(self) -> list[Image]:
+        """The image layers offered as inputs: every image layer but those the widget made."""
+        return [lyr for lyr in self.viewer.layers if isinstance(lyr, Image) and ROLE_KEY not in (lyr.metadata or {})]
 
     def image_layer(self) -> Image | None:
         return self.layer(self.image_combo.currentText())
 
     def _on_image_changed(self, *_: Any) -> None:
         self.sequence_combo.setCurrentText(ctl.guess_sequence(self.image_layer()) or "")
+        self.sequences_panel.refill(rematch=True)
+        self.ahead.image_chosen()
 
-    def inputs(self) -> tuple[Image, Volume, str]:
+    def adapt_plausible(self) -> bool:
+        """Whether the model (single-sequence) does not read the chosen image's sequence: Adapt is what comes next."""
+        needed = self.needed_sequences()
+        return len(needed) == 1 and self.sequence_combo.currentText() not in ("", *needed)
+
+    def inputs(self) -> tuple[Image, Volume | dict[str, Volume], tuple[str, ...]]:
+        """(the image layer results go over, what the model reads, its sequences); a BiglError for bad inputs.
+
+        A single-sequence model reads the image layer (its sequence from the
+        "sequence" list); a multi-sequence one reads ``{sequence: Volume}`` from
+        the sequences panel, all on one grid.
+        """
         layer = self.image_layer()
+        if self.sequences_panel.is_multi():
+            ctl.image_input(layer)
+            return layer, self.sequences_panel.volumes(), self.sequences_panel.needed
         volume = ctl.image_input(layer)
-        return layer, volume, ctl.require_sequence(self.sequence_combo.currentText() or None, layer.name)
+        return layer, volume, (ctl.require_sequence(self.sequence_combo.currentText() or None, layer.name),)
 
     def device(self) -> str:
         return self.device_combo.currentText()
@@ -180,6 +210,16 @@ class SegmentWidget(QWidget):
         else:
             self.model_info.setText(ctl.model_note(self.model_path()))
         self.model_info.setToolTip(self.model_info.text())
+        self.sequences_panel.set_needed(self.needed_sequences())
+        multi = self.sequences_panel.is_multi()
+        for w in (self.sequence_combo, self._sequence_label):     # one sequence list per input instead
+            w.setVisible(not multi)
+        self.ahead.image_chosen()
+
+    def needed_sequences(self) -> tuple[str, ...]:
+        """The sequences the current model reads (from the file's document when it is not loaded yet)."""
+        bundle = self.current_bundle()
+        return tuple(bundle.sequences) if bundle is not None else ctl.model_sequences(self.model_path())
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a BiGL model bundle", str(Path(self.model_path()).parent),
@@ -217,6 +257,8 @@ class SegmentWidget(QWidget):
         def loaded(b: Bundle) -> None:
             self._cached = (key, b)
             remember(MODEL_KEY, key[0])
+            if tuple(b.sequences) != self.sequences_panel.needed:
+                self.update_model_info()      # the file changed since it was read: its inputs too
             call(b)
 
         self.jobs.start(action.lower(), lambda cancel: load_bundle(key[0]), loaded, progress_bar=False)
@@ -228,8 +270,9 @@ class SegmentWidget(QWidget):
     def put_layer(self, layer_data: LayerDataTuple, *, above: Layer | None = None) -> Layer:
         """Add a result layer (just ``above`` a layer, else on top), or update the one of that name.
 
-        An update keeps the user's display settings. Inserting at the right place
-        costs napari one step; adding on top and then moving it costs two.
+        An update keeps the user's display settings; a layer made ahead of time
+        (:mod:`napari_bigl._ahead`) is filled and shown. Inserting at the right
+        place costs napari one step; adding on top and then moving it costs two.
         """
         data, kwargs, kind = layer_data
         layer = self.layer(kwargs["name"])
@@ -239,10 +282,14 @@ class SegmentWidget(QWidget):
                 return self.viewer.add_layer(new)
             self.viewer.layers.insert(self.viewer.layers.index(above) + 1, new)
             return new
-        layer.data = data
-        layer.metadata.update(kwargs.get("metadata", {}))
+        placeholder = is_placeholder(layer)
         if "contrast_limits" in kwargs:
             layer.contrast_limits = kwargs["contrast_limits"]
+        layer.data = data
+        layer.metadata.update(kwargs.get("metadata", {}))
+        if placeholder:
+            layer.metadata.pop(PLACEHOLDER_KEY, None)
+            layer.visible = kwargs.get("visible", True)
         return layer
 
     def has_layer(self, layer: Layer) -> bool:

@@ -113,7 +113,11 @@ def main() -> None:
         _wait(app, lambda: not widget.is_busy(), timeout=3600)
         for name in (f"{case_id} t2 attention", f"{case_id} t1 BiGL labels", f"{case_id} t1 attention"):
             viewer.layers[name].visible = False
-        viewer.layers.selection.active = viewer.layers[f"{case_id} t2 x_t→s"]
+        translated = viewer.layers[f"{case_id} t2 x_t→s"]
+        viewer.layers.selection.active = translated
+        brain = translated.data[translated.data != 0]
+        print("x_t→s percentiles 0/1/50/99/100:", np.percentile(brain, [0, 1, 50, 99, 100]).round(2),
+              "window", tuple(round(float(v), 2) for v in translated.contrast_limits))
         viewer.dims.set_current_step(0, z)
         shoot(app, viewer, args.out.with_name("napari_adapt.png"),
               f"adapted ({args.adapt_steps} + {args.adapt_steps} steps), {widget.segment_panel.volumes_label.text()}")

@@ -112,3 +112,14 @@ def _own_settings(tmp_path_factory):
     folder = tmp_path_factory.mktemp("settings")
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(folder))
     yield folder
+
+
+@pytest.fixture(scope="session")
+def multi_bundle_path(tiny_dataset, tmp_path_factory) -> Path:
+    """A t1 + t2 bundle (two input channels) trained for two steps: plumbing only."""
+    from bigl.models.segmenter import SegmenterConfig
+    from bigl.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("multi_bundle") / "tiny_t1_t2.safetensors"
+    cfg = TrainConfig(steps=2, batch_size=4, val_every=3, segmenter=SegmenterConfig(widths=(8, 16, 32)))
+    return train(tiny_dataset, ["t1", "t2"], out, cfg, device="cpu").best_path

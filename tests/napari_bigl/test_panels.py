@@ -1,4 +1,5 @@
-"""The widget's panels in a real viewer: uncertainty, colours, 3D, report, remembered choices, and the rough edges.
+"""The widget's panels in a real viewer: sequences of a multi-sequence model, uncertainty, colours, 3D, report,
+remembered choices, and the rough edges.
 
 Each rough edge of issue 17 has its test here: the image removed during
 Segment or Adapt, Cancel while the model loads, Cancel after the adaptation
@@ -15,17 +16,18 @@ import threading
 
 import numpy as np
 import pytest
-from bigl.checkpoint import DEMO_BUNDLE
-from bigl.infer import uncertainty
+from bigl.checkpoint import DEMO_BUNDLE, load_bundle
+from bigl.infer import segment_volume, uncertainty
 from bigl.progress import Cancelled
 from napari.layers import Labels
 
 from napari_bigl import _controller as ctl
 from napari_bigl import _results
+from napari_bigl._ahead import is_placeholder
 from napari_bigl._layers import PALETTES
 from napari_bigl._ui import MODEL_KEY, SOURCE_KEY, remember, settings
 
-from .test_widget import PLUGIN, WIDGET, open_case, tiny_adapt_config, wait_idle
+from .test_widget import PLUGIN, WIDGET, open_case, shown_results, tiny_adapt_config, wait_idle
 
 pytestmark = pytest.mark.gui
 
@@ -52,6 +54,95 @@ def segmented(viewer, widget, qtbot, write_case, sequence="t1"):
 
 def messages(notifications, severity):
     return [m for s, m in notifications() if s == severity]
+
+
+# --------------------------------------------------------------------------- all sequences
+
+
+def test_multi_sequence_model_reads_every_open_sequence(viewer, widget, qtbot, write_case, multi_bundle_path,
+                                                        notifications):
+    """One list per sequence the model reads, pre-filled by reader metadata or name, editable; one grid or a message."""
+    open_case(viewer, widget, write_case(), "t2")
+    widget.model_edit.setText(str(multi_bundle_path))
+    widget.model_edit.editingFinished.emit()
+    panel = widget.sequences_panel
+    chosen = lambda: {s: c.currentText() for s, c in panel.combos.items()}  # noqa: E731
+    assert not panel.isHidden() and widget.sequence_combo.isHidden()
+    assert chosen() == {"t1": "Case_001 t1", "t2": "Case_001 t2"} and panel.note.text() == ""
+
+    widget.segment()
+    wait_idle(qtbot, widget)
+    expected = segment_volume(load_bundle(multi_bundle_path),
+                              {s: viewer.layers[f"Case_001 {s}"].metadata["bigl_volume"] for s in ("t1", "t2")},
+                              device="cpu")
+    np.testing.assert_array_equal(viewer.layers["Case_001 t2 BiGL labels"].data, expected.labels)
+    assert widget.result.sequences == ("t1", "t2") and not messages(notifications, "error")
+
+    # layers without reader metadata match by name, the selected image's case first
+    shape = viewer.layers["Case_001 t1"].data.shape
+    other = tuple(n + 2 for n in shape)
+    for name in ("patient T1w", "patient T2w"):
+        viewer.add_image(np.zeros(other, np.float32), name=name)
+    widget.image_combo.setCurrentText("patient T2w")
+    assert chosen() == {"t1": "patient T1w", "t2": "patient T2w"}
+
+    # the user's choice is kept; layers on different grids are named, with what to co-register them with
+    panel.combos["t1"].setCurrentText("Case_001 t1")
+    panel.combos["t1"].activated.emit(panel.combos["t1"].currentIndex())
+    viewer.add_image(np.zeros((3, 4, 4), np.float32), name="unrelated")          # layers change: choice stays
+    assert chosen()["t1"] == "Case_001 t1"
+    assert "do not share one voxel grid" in panel.note.text() and "co-register" in panel.note.text()
+    widget.segment()
+    wait_idle(qtbot, widget)
+    assert any("do not share one voxel grid" in m for m in messages(notifications, "error"))
+    assert "patient T2w BiGL labels" not in shown_results(viewer) and not widget.is_busy()
+
+    panel.combos["t1"].setCurrentText("")
+    panel.combos["t1"].activated.emit(panel.combos["t1"].currentIndex())
+    assert "no image layer is chosen for t1" in panel.note.text()
+
+    widget.adapt()                                    # adapting is for single-sequence models: said, not tried
+    assert any("single-sequence model" in m for m in messages(notifications, "error"))
+    assert not widget.is_busy()
+
+
+# --------------------------------------------------------------------------- result layers made ahead of time
+
+
+def test_result_layers_are_made_hidden_when_the_image_is_chosen_and_filled_in_place(viewer, widget, qtbot,
+                                                                                   write_case):
+    open_case(viewer, widget, write_case(), "t1")
+    selected = viewer.layers.selection.active
+    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=10_000)
+    made = {n: viewer.layers[n] for n in ("Case_001 t1 attention", "Case_001 t1 BiGL labels")}
+    assert all(is_placeholder(lyr) and not lyr.visible and not lyr.data.any() for lyr in made.values())
+    assert "Case_001 t1 x_t→s" not in viewer.layers                   # the model reads t1: nothing to adapt
+    assert viewer.layers.selection.active is selected                  # placeholders never take the selection
+    widget.segment()
+    wait_idle(qtbot, widget)
+    for name, layer in made.items():                                   # the same layers, filled and shown
+        assert viewer.layers[name] is layer and layer.visible and not is_placeholder(layer)
+    assert made["Case_001 t1 attention"].data.max() > 0
+
+    widget.image_combo.setCurrentText("Case_001 t2")                   # the t1 model does not read t2: Adapt next
+    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=10_000)
+    assert is_placeholder(viewer.layers["Case_001 t2 x_t→s"])
+    viewer.layers.remove("Case_001 t2")                                # unused placeholders go with their image
+    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=10_000)
+    assert not [n for n in viewer.layers if n.name.startswith("Case_001 t2 ")]
+    assert all(viewer.layers[n] is lyr for n, lyr in made.items())     # results are kept
+
+
+def test_translated_image_is_windowed_on_the_brain_and_its_background_is_black():
+    rng = np.random.default_rng(0)
+    x = np.zeros((8, 20, 20), np.float32)
+    x[1:7, 4:16, 4:16] = rng.normal(0.0, 1.0, (6, 12, 12))               # z-scores inside the "brain"
+    x[2:4, 6:8, 6:8] = -40.0                                              # a few outliers of G_t→s's linear output
+    data, kwargs, _ = _results.translated_layer(_results.ImageRef(None, "img", (1, 1, 1), (0, 0, 0), {}), x)
+    lo, hi = kwargs["contrast_limits"]
+    assert -3.5 < lo < -1.0 and 1.0 < hi < 3.5                           # not (-40, max): the brain keeps its contrast
+    np.testing.assert_array_equal(data[x != 0], x[x != 0])                # x_t→s itself, untouched
+    assert (data[x == 0] == np.float32(lo)).all()                         # background at the window's black end
 
 
 # --------------------------------------------------------------------------- uncertainty, colours, 3D
@@ -152,7 +243,7 @@ def test_image_removed_during_segment_gets_no_results(viewer, widget, qtbot, wri
     viewer.layers.remove("Case_001 t1")
     gate.set()
     wait_idle(qtbot, widget)
-    assert not [n for n in viewer.layers.copy() if n.name.startswith("Case_001 t1 ")]
+    assert not [n for n in shown_results(viewer) if n.startswith("Case_001 t1 ")]
     assert any("was removed while it was being segmented" in m for m in messages(notifications, "warning"))
     assert not messages(notifications, "error")
 
@@ -170,7 +261,7 @@ def test_cancel_while_the_model_loads_stops_there(viewer, widget, qtbot, write_c
     widget.cancel()
     gate.set()
     wait_idle(qtbot, widget)
-    assert not calls and "Case_001 t1 BiGL labels" not in viewer.layers
+    assert not calls and "Case_001 t1 BiGL labels" not in shown_results(viewer)
     assert any("cancelled" in m for m in messages(notifications, "info"))
 
 
@@ -207,7 +298,7 @@ def test_target_removed_during_adapt_keeps_the_model_without_errors(viewer, widg
     assert not messages(notifications, "error"), notifications()
     assert widget.current_bundle().sequences == ("t2",) and widget.adapt_panel.save_button.isEnabled()
     assert "adapted t1 → t2" in widget.model_info.text()
-    assert "Case_001 t2 x_t→s" not in viewer.layers
+    assert "Case_001 t2 x_t→s" not in shown_results(viewer)
     assert any("was removed meanwhile" in m for m in messages(notifications, "warning"))
 
 
