@@ -6,6 +6,12 @@ trained in its own process with the `bigl train` defaults except the number of
 steps, one validation case and one validation at the end. The first run of a
 dataset builds its preprocessed cache (timed separately), as `bigl train` does.
 
+``--link-cache``: the cache entries of the N copies are hard links to the
+first copy's entry (the copies are one volume, so their entries are the same
+bytes); only that first entry is built. ``--loader-only``: instead of training,
+draw ``--steps`` batches through the data path alone (cache + loader
+processes) — what grows with N if anything does, without the network's cost.
+
 Reported per N: cache build seconds, peak RSS of the training process
 (VmHWM), peak of the summed RSS of the training process and its data-loading
 workers (sampled every 0.1 s), and slices/s over the steps after the first few.
@@ -47,6 +53,47 @@ def _dataset(root: Path, n: int, seed: int) -> Path:
     return out
 
 
+def _link_cache(data: Path) -> None:
+    """Hard-link the first case's cache entry under every other case's entry name (see --link-cache)."""
+    import os
+
+    from bigl.data.cache import _entry_prefix, cache_cases, cache_key, default_cache_dir
+    from bigl.io import list_cases
+
+    cases = list_cases(data)
+    (first,) = cache_cases(cases[:1], "t1", labels=True, inplane_mm=(1.0, 1.0))
+    root = default_cache_dir(data)
+    for case in cases[1:]:
+        folder = root / (_entry_prefix(case, ["t1"], True) + cache_key(case, ["t1"], True, (1.0, 1.0)))
+        if not folder.exists():
+            folder.mkdir()
+            for f in ("image.npy", "mask.npy", "target.npy"):
+                os.link(first.folder / f, folder / f)
+            meta = json.loads((first.folder / "meta.json").read_text()) | {"name": case.case_id}
+            (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _loader_only(data: str, steps: int, workers: int, batch_size: int) -> dict:
+    import resource
+
+    from bigl.data.cache import cache_cases
+    from bigl.data.slices import batches
+    from bigl.io import list_cases
+    from bigl.preprocess import patch_size_for
+
+    t0 = time.perf_counter()
+    vols = cache_cases(list_cases(data), "t1", labels=True, inplane_mm=(1.0, 1.0))
+    patch = patch_size_for(vols, 16)
+    stamps = []
+    for _ in batches(vols, patch, batch_size=batch_size, n_batches=steps, seed=(0, 0), tumour_fraction=0.6,
+                     jitter=8, augment=False, workers=workers):
+        stamps.append(time.perf_counter())
+    steady = (stamps[-1] - stamps[WARMUP]) / (len(stamps) - 1 - WARMUP)
+    return {"cache_build_s": 0.0, "seconds": round(time.perf_counter() - t0, 1),
+            "steady_s_per_step": round(steady, 4), "slices_per_s": round(batch_size / steady, 1),
+            "patch": list(patch), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def _worker(data: str, out: str, steps: int, workers: int, batch_size: int) -> dict:
     import resource
 
@@ -82,9 +129,9 @@ def _tree_rss_mb(pid: int) -> float:
         return 0.0
 
 
-def run(data: Path, steps: int, workers: int, batch_size: int) -> dict:
+def run(data: Path, steps: int, workers: int, batch_size: int, loader_only: bool) -> dict:
     cmd = [sys.executable, __file__, "--worker", str(data), "--steps", str(steps), "--workers", str(workers),
-           "--batch-size", str(batch_size)]
+           "--batch-size", str(batch_size)] + (["--loader-only"] if loader_only else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     peak = [0.0]
 
@@ -109,16 +156,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--link-cache", action="store_true", help="build one cache entry, hard-link it for the copies")
+    ap.add_argument("--loader-only", action="store_true", help="draw batches through the data path, no training")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         out = Path(args.worker).parent / f"{Path(args.worker).name}.safetensors"
-        print(json.dumps(_worker(args.worker, str(out), args.steps, args.workers, args.batch_size)))
+        if args.loader_only:
+            print(json.dumps(_loader_only(args.worker, args.steps, args.workers, args.batch_size)))
+        else:
+            print(json.dumps(_worker(args.worker, str(out), args.steps, args.workers, args.batch_size)))
         return
     rows = {}
     for n in args.cases:
-        rows[n] = run(_dataset(Path(args.root), n, args.seed), args.steps, args.workers, args.batch_size)
+        data = _dataset(Path(args.root), n, args.seed)
+        if args.link_cache:
+            _link_cache(data)
+        rows[n] = run(data, args.steps, args.workers, args.batch_size, args.loader_only)
         print(json.dumps({"cases": n} | rows[n]), flush=True)
     base = rows[args.cases[0]]
     for n, r in rows.items():
