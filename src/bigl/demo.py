@@ -1,4 +1,4 @@
-"""The headless demo: summarise the bundled sample cases and segment them with the bundled demo model."""
+"""The headless demo: segment the bundled sample cases with the bundled models and print volumes and scores."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bigl.bundles import MULTI_MODEL, T1_MODEL
 from bigl.checkpoint import load_bundle
 from bigl.evaluate import format_table
 from bigl.infer import segment_volume
@@ -16,21 +17,21 @@ from bigl.io import list_cases, load_images, load_labels
 from bigl.metrics import evaluate_case, region_volumes, summarize
 
 
-def run_demo(data: str | os.PathLike, *, device: str | torch.device = "auto", sequence: str = "t1") -> str:
-    """Segment ``sequence`` of every case in ``data`` with the demo bundle; return a printable report."""
-    cases = list_cases(data)
-    bundle = load_bundle()
-    lines = [f"sample data: {Path(data)} ({len(cases)} cases)",
-             f"demo model:  {bundle.path.name} (trained on {', '.join(bundle.sequences)}; "
+def _section(bundle_path: Path, cases, device) -> list[str]:
+    """Per-case volumes, Dice and time of one bundled model on every case, and the summary table."""
+    bundle = load_bundle(bundle_path)
+    seqs = tuple(bundle.sequences)
+    lines = [f"model: {bundle_path.name} (reads {', '.join(seqs)}; "
              f"{sum(p.numel() for p in bundle.segmenter.parameters()):,} parameters)", "",
              f"{'case':24s} {'shape (z,y,x)':16s} {'spacing mm':12s} {'true WT/TC/ET ml':20s} "
              f"{'pred WT/TC/ET ml':20s} {'Dice WT/TC/ET %':18s} {'s':>5s}"]
     per_case = []
     for case in cases:
-        image = load_images(case, [sequence])[sequence]
+        images = load_images(case, seqs)
+        image = images[seqs[0]]
         ref = load_labels(case).data
         t0 = time.perf_counter()
-        seg = segment_volume(bundle, image, sequence=sequence, device=device, with_attention=False)
+        seg = segment_volume(bundle, images, device=device, with_attention=False)
         dt = time.perf_counter() - t0
         scores = evaluate_case(seg.labels, ref, image.spacing)
         per_case.append(scores)
@@ -40,6 +41,15 @@ def run_demo(data: str | os.PathLike, *, device: str | torch.device = "auto", se
         spacing = "x".join(f"{s:g}" for s in image.spacing)
         lines.append(f"{case.case_id:24s} {str(image.data.shape):16s} {spacing:12s} {fmt(true_ml):20s} "
                      f"{fmt(seg.volumes_ml):20s} {dice:18s} {dt:5.1f}")
-    lines += ["", format_table(summarize(per_case), f"demo model on {sequence} of the sample cases"),
-              f"(voxels: {int(np.prod(image.data.shape)):,} per volume; device: {device})"]
+    return lines + ["", format_table(summarize(per_case), f"{bundle_path.name} on {'+'.join(seqs)} of the cases")]
+
+
+def run_demo(data: str | os.PathLike, *, device: str | torch.device = "auto") -> str:
+    """Segment every case in ``data`` with the bundled T1 model and the four-sequence model; a printable report."""
+    cases = list_cases(data)
+    lines = [f"sample data: {Path(data)} ({len(cases)} cases)", ""]
+    for path in (T1_MODEL, MULTI_MODEL):
+        lines += _section(path, cases, device) + [""]
+    shape = load_images(cases[0], ["t1"])["t1"].data.shape
+    lines.append(f"(voxels: {int(np.prod(shape)):,} per volume; device: {device})")
     return "\n".join(lines)
