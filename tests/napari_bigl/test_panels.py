@@ -113,7 +113,7 @@ def test_result_layers_are_made_hidden_when_the_image_is_chosen_and_filled_in_pl
                                                                                    write_case):
     open_case(viewer, widget, write_case(), "t1")
     selected = viewer.layers.selection.active
-    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=10_000)
+    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=120_000)
     made = {n: viewer.layers[n] for n in ("Case_001 t1 attention", "Case_001 t1 BiGL labels")}
     assert all(is_placeholder(lyr) and not lyr.visible and not lyr.data.any() for lyr in made.values())
     assert "Case_001 t1 x_t→s" not in viewer.layers                   # the model reads t1: nothing to adapt
@@ -125,10 +125,10 @@ def test_result_layers_are_made_hidden_when_the_image_is_chosen_and_filled_in_pl
     assert made["Case_001 t1 attention"].data.max() > 0
 
     widget.image_combo.setCurrentText("Case_001 t2")                   # the t1 model does not read t2: Adapt next
-    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=10_000)
+    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=120_000)
     assert is_placeholder(viewer.layers["Case_001 t2 x_t→s"])
     viewer.layers.remove("Case_001 t2")                                # unused placeholders go with their image
-    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=10_000)
+    qtbot.waitUntil(lambda: not widget.ahead.pending(), timeout=120_000)
     assert not [n for n in viewer.layers if n.name.startswith("Case_001 t2 ")]
     assert all(viewer.layers[n] is lyr for n, lyr in made.items())     # results are kept
 

@@ -174,7 +174,7 @@ def test_viewer_never_stalls_while_segmenting_querying_and_adapting(viewer, widg
     viewer.layers.remove(viewer.add_points(np.zeros((1, 3))))
     viewer.add_image(big, name="big t1", scale=(1.0, 1.0, 1.0), contrast_limits=(0.0, float(big.max())))
     idle = lambda: not widget.is_busy() and not widget.jobs.workers and not widget.ahead.pending()  # noqa: E731
-    qtbot.waitUntil(idle)
+    qtbot.waitUntil(idle, timeout=120_000)
     ticks = Ticks()
     floors = [ticks.run(qtbot, lambda: viewer.add_labels(np.zeros((2, 4, 4), np.uint8)), lambda: True).max()
               for _ in range(3)]
@@ -186,7 +186,7 @@ def test_viewer_never_stalls_while_segmenting_querying_and_adapting(viewer, widg
 
     viewer.add_image(np.zeros((4, 8, 8), np.float32), name="other t1")
     widget.image_combo.setCurrentText("other t1")
-    qtbot.waitUntil(idle)
+    qtbot.waitUntil(idle, timeout=120_000)
     worst["choose image"] = ticks.run(qtbot, lambda: widget.image_combo.setCurrentText("big t1"), idle).max()
     worst["segment (first)"] = ticks.run(qtbot, widget.segment, idle).max()
     assert "big t1 BiGL labels" in viewer.layers and "big t1 attention" in viewer.layers
@@ -203,7 +203,7 @@ def test_viewer_never_stalls_while_segmenting_querying_and_adapting(viewer, widg
     widget.attention_panel.query_check.setChecked(False)
 
     widget.sequence_combo.setCurrentText("t2")       # adapting the t1 model to a "t2" image: x_t→s made ahead
-    qtbot.waitUntil(idle)
+    qtbot.waitUntil(idle, timeout=120_000)
     widget.adapt_panel.source_edit.setText(str(tiny_dataset))
     widget.adapt_panel.preview_spin.setValue(1)
     widget.adapt_panel.adapt_config = lambda: tiny_adapt_config(steps=3)
