@@ -638,6 +638,11 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     for name, seq in (("source", source_sequence), ("target", target_sequence)):
         if seq not in SEQUENCES:
             raise BiglError(f"unknown {name} sequence {seq!r}; use one of {', '.join(SEQUENCES)}")
+    if len(source.sequences) != 1 or source.segmenter.config.in_channels != 1:
+        # the translators make one slice of one sequence: a multi-sequence or 2.5D model cannot read their output
+        raise BiglError(f"{source.path or 'the model'} reads {', '.join(source.sequences)} with "
+                        f"{source.segmenter.config.in_channels} input channels; adaptation starts from a "
+                        "single-sequence, single-slice model such as the bundled T1 model (bigl.bundles.T1_MODEL)")
     ddp, dev = distributed.setup(resolve_device(device))
     rng = seed_everything(cfg.seed)
     t0 = time.perf_counter()

@@ -122,3 +122,13 @@ def test_bad_training_settings_fail_before_work(tiny_dataset, tmp_path):
     with pytest.raises(BiglError, match="must end in .safetensors"):
         train(tiny_dataset, "t1", tmp_path / "m.pt", TrainConfig(steps=1, **SMALL), device="cpu")
     assert not list(tmp_path.iterdir())
+
+
+def test_adaptation_refuses_a_multi_sequence_model(tiny_dataset, tmp_path):
+    from bigl.adapt import adapt
+
+    res = train(tiny_dataset, ["t1", "t2"], tmp_path / "m.safetensors", TrainConfig(steps=1, **SMALL), device="cpu")
+    with pytest.raises(BiglError, match="single-sequence, single-slice model"):
+        adapt(load_bundle(res.best_path), tiny_dataset, "t1", tiny_dataset, "t2", tmp_path / "a.safetensors",
+              device="cpu")
+    assert not (tmp_path / "a.safetensors").exists()
