@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from bigl.adapt import AdaptConfig, adapt
 from bigl.checkpoint import Bundle, read_document
 from bigl.errors import BiglError
 from bigl.infer import SequenceMismatchWarning, check_sequence, model_input, segment_volume
-from bigl.io import SEQUENCES, Volume, list_cases, sequence_from_name
+from bigl.io import SEQUENCES, Volume, sequence_from_name
 from bigl.progress import CancelFn, Cancelled, Progress, ProgressFn
 from bigl.translate import translate_volume
 

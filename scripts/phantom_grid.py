@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import numpy as np
 
 from bigl.phantom import SEQUENCES, PhantomConfig, case_seed, make_case
 from bigl.render import label_overlay, save_png, tile

@@ -47,7 +47,7 @@ from bigl.losses import segmentation_loss
 from bigl.metrics import evaluate_case, summarize
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
 from bigl.preprocess import NORMALIZATION, PreparedVolume, classes_to_labels, patch_size_for
-from bigl.progress import Cancelled, CancelFn, ProgressFn, Reporter
+from bigl.progress import CancelFn, ProgressFn, Reporter
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
 
 from bigl.checkpoint import load_bundle, partial_path
