@@ -20,6 +20,8 @@ import pytest
 from bigl.phantom import PhantomCase, make_case
 from nibabel import orientations as ornt
 
+PLUGIN = "napari-bigl"
+WIDGET = "BiGL Segment"
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 SUFFIXES = {
     "brats2021": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
@@ -123,3 +125,17 @@ def multi_bundle_path(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("multi_bundle") / "tiny_t1_t2.safetensors"
     cfg = TrainConfig(steps=2, batch_size=4, val_every=3, segmenter=SegmenterConfig(widths=(8, 16, 32)))
     return train(tiny_dataset, ["t1", "t2"], out, cfg, device="cpu").best_path
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def widget(viewer, tiny_bundle_path):
+    """The BiGL Segment widget docked in ``viewer``, on the tiny test bundle and the CPU."""
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    w.model_edit.setText(str(tiny_bundle_path))
+    w.device_combo.setCurrentText("cpu")
+    return w

@@ -32,18 +32,6 @@ from .test_widget import PLUGIN, WIDGET, open_case, shown_results, tiny_adapt_co
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-@pytest.fixture
-def widget(viewer, tiny_bundle_path):
-    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    w.model_edit.setText(str(tiny_bundle_path))
-    w.device_combo.setCurrentText("cpu")
-    return w
-
 
 def segmented(viewer, widget, qtbot, write_case, sequence="t1"):
     image = open_case(viewer, widget, write_case(), sequence)

@@ -74,6 +74,5 @@ def test_repository_sample_dir_is_used_when_present() -> None:
     # An editable install finds <repo>/sample_data; the layers then come from files.
     assert _sample_data.SAMPLE_DIR == Path(__file__).resolve().parents[2] / "sample_data"
     layers = _sample_data.bundled_case_layers()
-    if layers is None:
-        pytest.skip("sample_data/ holds no case yet (run `bigl phantom --out sample_data`)")
+    assert layers is not None, "sample_data/ holds no case (regenerate it: see sample_data/README.md)"
     assert all(kwargs["metadata"]["source_path"] for _, kwargs, _ in layers)

@@ -30,8 +30,8 @@ from napari_bigl._ahead import is_placeholder
 from napari_bigl._layers import VOLUME_KEY
 from napari_bigl._results import QUERY_LAYER, ROLE_KEY, QueryView
 
-PLUGIN = "napari-bigl"
-WIDGET = "BiGL Segment"
+from .conftest import PLUGIN, WIDGET
+
 pytestmark = pytest.mark.gui
 
 
@@ -42,18 +42,6 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
-
-@pytest.fixture
-def viewer(make_napari_viewer):
-    return make_napari_viewer()
-
-
-@pytest.fixture
-def widget(viewer, tiny_bundle_path):
-    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    w.model_edit.setText(str(tiny_bundle_path))
-    w.device_combo.setCurrentText("cpu")
-    return w
 
 
 def wait_idle(qtbot, w, timeout=60_000):
