@@ -153,7 +153,7 @@ def inplane_factor(spacing: tuple[float, float, float], target: tuple[float, flo
 
 
 def resample_inplane(volume: np.ndarray, factor: tuple[float, float], *, labels: bool = False) -> np.ndarray:
-    """Zoom the last two axes of a (z, y, x) volume by ``factor``: linear for images, nearest for labels.
+    """Zoom the last two axes of a (z, y, x) or (z, C, y, x) array by ``factor``: linear for images, nearest for labels.
 
     The network is 2D and learns structures at the pixel size it was trained
     at, so an input at another in-plane resolution is brought to it first
@@ -169,9 +169,7 @@ def resample_prepared(vol: PreparedVolume, inplane_mm: tuple[float, float]) -> P
     if factor is None:
         return vol
     mask = resample_inplane(vol.mask, factor, labels=True)
-    image = np.moveaxis(vol.image, 1, 0) if vol.image.ndim == 4 else vol.image[None]        # (C, z, y, x)
-    image = np.stack([resample_inplane(c, factor) for c in image], axis=1 if vol.image.ndim == 4 else 0)
-    image = (image[0] if vol.image.ndim == 3 else image) * (mask if vol.image.ndim == 3 else mask[:, None])
+    image = resample_inplane(vol.image, factor) * (mask if vol.image.ndim == 3 else mask[:, None])   # 0 outside
     target = resample_inplane(vol.target, factor, labels=True) if vol.target is not None else None
     return PreparedVolume(image.astype(np.float32), mask, target, vol.name,
                           (vol.spacing[0], float(inplane_mm[0]), float(inplane_mm[1])))
