@@ -42,7 +42,7 @@ from bigl.data.slices import batches, sample_batch, shard  # noqa: F401  in-memo
 from bigl import distributed
 from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
-from bigl.io import Case, header_spacing, list_cases
+from bigl.io import SEQUENCES, Case, header_spacing, list_cases
 from bigl.losses import segmentation_loss
 from bigl.metrics import evaluate_case, summarize
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
@@ -127,8 +127,7 @@ def poly_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, total: 
 
 
 def _sequences(sequences: str | Sequence[str]) -> tuple[str, ...]:
-    from bigl.io import SEQUENCES
-
+    """One or several distinct sequence keys as a tuple (the model's channel order), or a BiglError."""
     seqs = (sequences,) if isinstance(sequences, str) else tuple(sequences)
     bad = [q for q in seqs if q not in SEQUENCES]
     if not seqs or bad or len(set(seqs)) != len(seqs):
