@@ -71,7 +71,8 @@ class PhantomConfig:
     noise: tuple[float, float] = (0.005, 0.06)  # Rician noise sigma (x WM mean), from clean to noisy
     bias: float = 0.3  # max log-amplitude of the smooth multiplicative bias field, U(0, b)
     bias_scale_mm: float = 70.0  # correlation length of the bias field
-    jitter: float = 0.5  # per-case jitter of every tissue's log-contrast to white matter: mean ** exp(U(-j, j))
+    jitter: float = 0.5  # per-case, per-sequence contrast strength shared by all tissues: mean ** exp(U(-j, j))
+    tissue_jitter: float = 0.15  # on top, each tissue's own log-contrast jitter: mean ** exp(g + U(-t, t))
     texture: float = 0.035  # relative amplitude of healthy-tissue texture
     tumour_texture: float = 0.10  # relative amplitude of tumour heterogeneity
     blur_voxels: tuple[float, float] = (0.3, 0.9)  # Gaussian sigma (voxels) for partial volume
@@ -115,11 +116,12 @@ class PhantomConfig:
             if not 0 <= lo <= hi or (name == "wt_volume_ml" and lo == 0):
                 raise BiglError(f"phantom config range {name}={getattr(self, name)} must satisfy 0 <= lo <= hi "
                                 "(wt_volume_ml: 0 < lo).")
-        for name in ("bias", "jitter", "texture", "tumour_texture", "mass_effect", "rotation_deg", "offset_mm"):
+        for name in ("bias", "jitter", "tissue_jitter", "texture", "tumour_texture", "mass_effect", "rotation_deg",
+                     "offset_mm"):
             if getattr(self, name) < 0:
                 raise BiglError(f"phantom config field {name} must be >= 0, got {getattr(self, name)}.")
-        if self.jitter > 1.0 or self.mass_effect > 0.5 or self.rotation_deg > 45:
-            raise BiglError("phantom jitter must be <= 1, mass_effect <= 0.5 and rotation_deg <= 45.")
+        if self.jitter > 1.0 or self.tissue_jitter > 1.0 or self.mass_effect > 0.5 or self.rotation_deg > 45:
+            raise BiglError("phantom jitter and tissue_jitter must be <= 1, mass_effect <= 0.5 and rotation_deg <= 45.")
         probs = ("p_no_necrosis", "p_no_enhancement", "p_patchy", "p_partial_rim", "p_two_lobes", "p_healthy",
                  "p_low_resolution", "p_ghosting", "p_random_contrast")
         if (any(not 0 <= getattr(self, n) <= 1 for n in probs)

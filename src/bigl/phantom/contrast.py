@@ -67,9 +67,12 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
             m = rng.uniform(0.05, 1.0, n_t)
             amp = rng.uniform(0.0, 2.5 * cfg.texture, n_t)
         else:
-            # jitter each tissue's log-contrast to white matter, so no contrast flips sign: m0 ** exp(U(-j, j))
+            # Scale every tissue's log-contrast to white matter: by a factor shared by the sequence's tissues
+            # (how strongly this scan weights T1 or T2: the tissue order stays that of the physics) and a small
+            # factor of each tissue's own. No contrast flips sign: m0 ** exp(g + U(-t, t)).
             table = np.maximum(np.asarray(TISSUE_MEANS[s]), 1e-3)
-            m = table ** np.exp(rng.uniform(-cfg.jitter, cfg.jitter, n_t))
+            g = rng.uniform(-cfg.jitter, cfg.jitter)
+            m = table ** np.exp(g + rng.uniform(-cfg.tissue_jitter, cfg.tissue_jitter, n_t))
             amp = np.full(n_t, cfg.texture)
             amp[Tissue.EDEMA] = 0.5 * (cfg.texture + cfg.tumour_texture)
         m[Tissue.BACKGROUND] = 0.0
