@@ -17,7 +17,7 @@ __all__ = [
     "adversarial_loss",
     "distillation_loss",
     "entropy",
-    "generalized_dice_loss",
+    "soft_dice_loss",
     "lsgan_loss",
     "output_consistency",
     "segmentation_loss",
@@ -34,30 +34,25 @@ def _check_seg(logits: Tensor, target: Tensor) -> None:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
 
 
-def generalized_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:
-    """Generalised Dice loss, the Dice half of paper Eq. 4.
+def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+    """Soft Dice loss, the Dice half of L_seg: 1 - the mean over the foreground classes of the batch soft Dice.
 
-    With p = softmax(logits), y the one-hot target and sums over the whole
-    batch and all pixels::
+    With p = softmax(logits), y the one-hot target and sums over the whole batch
+    and all pixels ("batch Dice", nnU-Net's choice for 2D: a slice without tumour
+    has no undefined per-slice term)::
 
-        num_i = Σ y_i,     w_i = 1 / num_i                         (paper: w^i = 1/num(x^i))
-        GDL   = 1 - (2 Σ_i w_i Σ p_i y_i + eps) / (Σ_i w_i Σ (p_i + y_i) + eps)
+        Dice_i = (2 Σ p_i y_i + smooth) / (Σ p_i + Σ y_i + smooth),   loss = 1 - mean_{i >= 1} Dice_i
 
-    Weights: the paper writes ``1/num`` and we follow it. Sudre et al. (2017)
-    and MONAI use ``1/num²``; on BraTS slices the background has ~10^4 pixels
-    and an ET focus a few dozen, so ``1/num²`` weighs them ~10^5:1 apart,
-    makes the background invisible and is noisy for classes of one or two
-    pixels. With ``1/num`` every present class contributes its Dice
-    terms on the same O(1) scale.
+    The paper's Eq. 4 writes a generalised Dice (one ratio of class-weighted sums,
+    weights 1/num_i, background included). We measured it against this loss on
+    12-case training (docs/training.md): with it a T2 model still predicted almost
+    no tumour after 2000 steps, even on its own training cases (validation WT Dice
+    0.04-0.22); with this one WT reached 0.6-0.8 within 500 steps. A class absent
+    from the batch scores ~0 whatever is predicted (its gradient is ~0), so it
+    neither helps nor disturbs the present ones.
 
-    Absent classes (num_i = 0) would get an infinite weight. They get the
-    largest weight among the present classes instead (the MONAI rule), so
-    predicting a class that is not in the batch still costs, as much as for
-    the rarest class that is. The loss stays finite with finite gradients.
-
-    Sums run over the batch as a whole ("batch Dice"): a slice without tumour
-    then has no undefined per-slice tumour term. Pixels whose target is negative
-    (self-training's "no pseudo-label", -1) are left out of every sum.
+    Pixels whose target is negative (self-training's "no pseudo-label", -1) are
+    left out of every sum.
     """
     _check_seg(logits, target)
     k = logits.shape[1]
@@ -65,19 +60,13 @@ def generalized_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-5) -> 
     probs = torch.softmax(logits.float(), dim=1) * valid  # (B, K, H, W)
     onehot = F.one_hot(target.long().clamp_min(0), k).permute(0, 3, 1, 2).to(probs.dtype) * valid  # (B, K, H, W)
     dims = (0, 2, 3)
-    num = onehot.sum(dims)  # (K,)
-    intersection = (probs * onehot).sum(dims)  # (K,)
-    union = probs.sum(dims) + num  # (K,)
-
-    present = num > 0
-    weights = torch.where(present, 1.0 / num.clamp_min(1.0), torch.zeros_like(num))  # (K,)
-    weights = torch.where(present, weights, weights.max())
-    dice = (2.0 * (weights * intersection).sum() + eps) / ((weights * union).sum() + eps)
-    return 1.0 - dice
+    intersection = (probs * onehot).sum(dims)[1:]  # (K-1,)
+    union = (probs.sum(dims) + onehot.sum(dims))[1:]
+    return 1.0 - ((2.0 * intersection + smooth) / (union + smooth)).mean()
 
 
 def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """L_seg of paper Eq. 4: pixel-mean cross-entropy + :func:`generalized_dice_loss`.
+    """L_seg (paper Eq. 4, with the Dice term of :func:`soft_dice_loss`): pixel-mean cross-entropy + soft Dice.
 
     Applied to Φ(x_s) and to Φ(x_s→t), both against the source label y_s, and
     in self-training to target pseudo-labels, where -1 marks pixels without one
@@ -86,7 +75,7 @@ def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
     _check_seg(logits, target)
     if not (target >= 0).any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target.long(), ignore_index=-1) + generalized_dice_loss(logits, target)
+    return F.cross_entropy(logits.float(), target.long(), ignore_index=-1) + soft_dice_loss(logits, target)
 
 
 def output_consistency(logits_a: Tensor, logits_b: Tensor, mask: Tensor | None = None) -> Tensor:

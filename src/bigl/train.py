@@ -24,6 +24,7 @@ looks finished.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Sequence
@@ -70,6 +71,9 @@ class TrainConfig:
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     workers: int = 1                  # data-loading worker processes (0: in the training process)
+    # m > 0: validate, select and save a moving average of the weights (avg <- m·avg + (1-m)·weights after every
+    # step) instead of the weights themselves; 0: the weights
+    weight_ema: float = 0.0
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)  # in_channels is set from the sequences
 
     def __post_init__(self) -> None:
@@ -79,6 +83,8 @@ class TrainConfig:
                 raise BiglError(f"training setting {name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise BiglError(f"training setting lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.weight_ema < 1.0:
+            raise BiglError(f"training setting weight_ema must be in [0, 1), got {self.weight_ema!r}")
         if self.augmentation.contrast_method not in CONTRAST_METHODS:
             raise BiglError(f"contrast augmentation must be one of {', '.join(CONTRAST_METHODS)}, "
                             f"got {self.augmentation.contrast_method!r}")
@@ -119,6 +125,15 @@ def validate(model: DualAttentionUNet, volumes: list[PreparedVolume], spacings: 
     s = summarize(per_case)
     return {f"{r}_dice": s[r]["dice_mean"] for r in ("WT", "TC", "ET", "average")} | {
         "average_hd95": s["average"]["hd95_mean"]}
+
+
+def follow(average: torch.nn.Module, model: torch.nn.Module, momentum: float) -> None:
+    """EMA update: average's parameters <- momentum·average + (1-momentum)·model; buffers (BatchNorm statistics) copied."""
+    with torch.no_grad():
+        for a, m in zip(average.parameters(), model.parameters(), strict=True):
+            a.lerp_(m, 1.0 - momentum)
+        for a, m in zip(average.buffers(), model.buffers(), strict=True):
+            a.copy_(m)
 
 
 def poly_lr(optimizer: torch.optim.Optimizer, base_lr: float, step: int, total: int, power: float) -> None:
@@ -192,6 +207,8 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     patch = patch_size_for(train_vols, model.stride)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     net = distributed.wrap(model, ddp)           # trains; `model` (the same weights) validates and is saved
+    # the model of record, validated and saved: the weights, or their moving average (cfg.weight_ema)
+    kept = copy.deepcopy(model).requires_grad_(False) if cfg.weight_ema else model
     if ddp.active:
         torch.manual_seed(cfg.seed + ddp.rank)   # each rank its own augmentation
     precision = distributed.Precision(dev)
@@ -201,7 +218,7 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
                   "device": str(dev), "world_size": ddp.world_size}
 
     def make_bundle(step: int, metrics: dict[str, float]) -> Bundle:
-        return Bundle(segmenter=model, sequences=seqs, patch_size=patch, normalization=normalization,
+        return Bundle(segmenter=kept, sequences=seqs, patch_size=patch, normalization=normalization,
                       provenance=provenance | {"steps": step, "val_metrics": metrics,
                                                "seconds": round(time.perf_counter() - t0, 1)})
 
@@ -229,10 +246,12 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
             precision.backward(loss)
             precision.step(optimizer)
             precision.update()
+            if cfg.weight_ema:
+                follow(kept, model, cfg.weight_ema)
             running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
             metrics = {"loss": running}
             if ddp.is_main and (step % cfg.val_every == 0 or step == cfg.steps):
-                metrics |= validate(model, val_vols, val_spacing, dev)
+                metrics |= validate(kept, val_vols, val_spacing, dev)
                 history.append({"step": step} | metrics)
                 log.info("step %d %s", step, {k: round(v, 4) for k, v in metrics.items()})
                 if metrics["average_dice"] > best:
@@ -240,6 +259,8 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
                     save_bundle(make_bundle(step, metrics), partial_path(out), overwrite=True)
             report(step, **metrics)      # raises Cancelled when asked to stop: only the .partial file stays
     distributed.sync_buffers(model, ddp)
+    if cfg.weight_ema:
+        distributed.sync_buffers(kept, ddp)
     if not ddp.is_main:                 # rank 0 writes; the others hand back their (identical) weights
         distributed.barrier(ddp)
         return TrainResult(make_bundle(cfg.steps, {}), out, last_out, history, best, time.perf_counter() - t0)

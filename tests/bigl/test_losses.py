@@ -11,10 +11,10 @@ from bigl.losses import (
     adversarial_loss,
     distillation_loss,
     entropy,
-    generalized_dice_loss,
     lsgan_loss,
     output_consistency,
     segmentation_loss,
+    soft_dice_loss,
 )
 
 LN3 = math.log(3.0)
@@ -32,44 +32,49 @@ def _onehot_logits(target: torch.Tensor, k: int, scale: float = 50.0) -> torch.T
     return torch.nn.functional.one_hot(target, k).permute(0, 3, 1, 2).float() * scale
 
 
-def test_gdl_tiny_case_by_hand() -> None:
+def test_dice_tiny_case_by_hand() -> None:
     logits, target = _tiny_case()
-    # class 0: num 1 -> w 1, I = 0.5, U = (0.5+0.25+0.75+0.25) + 1 = 2.75
-    # class 1: num 3 -> w 1/3, I = 0.75+0.25+0.75 = 1.75, U = 2.25 + 3 = 5.25
-    # GDL = 1 - 2 (0.5 + 1.75/3) / (2.75 + 5.25/3) = 1 - 13/27 = 14/27
-    assert generalized_dice_loss(logits, target, eps=0.0).item() == pytest.approx(14 / 27, abs=1e-6)
+    # foreground class 1: I = 0.75 + 0.25 + 0.75 = 1.75, U = Σp (0.5 + 0.75 + 0.25 + 0.75 = 2.25) + 3 = 5.25
+    # Dice = 3.5 / 5.25 = 2/3 -> loss 1/3 (the background class is left out)
+    assert soft_dice_loss(logits, target, smooth=0.0).item() == pytest.approx(1 / 3, abs=1e-6)
 
 
-def test_ce_plus_gdl_tiny_case_by_hand() -> None:
+def test_ce_plus_dice_tiny_case_by_hand() -> None:
     logits, target = _tiny_case()
     # CE per pixel: -ln 0.5, -ln 0.75, -ln 0.25, -ln 0.75
     ce = (math.log(2) + 2 * math.log(4 / 3) + math.log(4)) / 4
-    assert segmentation_loss(logits, target).item() == pytest.approx(ce + 14 / 27, abs=1e-4)
+    assert segmentation_loss(logits, target).item() == pytest.approx(ce + 1 / 3, abs=1e-4)
 
 
-def test_gdl_perfect_and_wrong() -> None:
+def test_dice_perfect_and_wrong() -> None:
     target = torch.zeros(2, 8, 8, dtype=torch.long)
     target[:, 2:5, 3:6] = 1
-    target[0, 6, 6] = 3
-    assert generalized_dice_loss(_onehot_logits(target, 4), target).item() == pytest.approx(0.0, abs=1e-4)
+    target[0, 6, 6] = 2
+    target[1, 1, 1] = 3
+    assert soft_dice_loss(_onehot_logits(target, 4), target).item() == pytest.approx(0.0, abs=1e-4)
     wrong = (target + 1) % 4  # every pixel predicted as another class
-    assert generalized_dice_loss(_onehot_logits(wrong, 4), target).item() == pytest.approx(1.0, abs=1e-4)
+    assert soft_dice_loss(_onehot_logits(wrong, 4), target).item() == pytest.approx(1.0, abs=1e-4)
     assert segmentation_loss(_onehot_logits(target, 4), target).item() == pytest.approx(0.0, abs=1e-4)
 
 
-def test_gdl_absent_class_finite_and_penalised() -> None:
+def test_dice_mean_over_classes_weighs_a_small_class_like_a_large_one() -> None:
+    target = torch.zeros(1, 16, 16, dtype=torch.long)
+    target[0, :8] = 1                    # 128 pixels
+    target[0, 15, 15] = 2                # 1 pixel
+    good = _onehot_logits(target, 3)
+    miss_small = good.clone()
+    miss_small[0, 2, 15, 15], miss_small[0, 0, 15, 15] = 0.0, 50.0      # the one-pixel class missed
+    assert soft_dice_loss(miss_small, target).item() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_dice_absent_class_finite() -> None:
     target = torch.zeros(1, 4, 4, dtype=torch.long)
     target[0, :2] = 1  # classes 2 and 3 absent
     logits = torch.randn(1, 4, 4, 4, requires_grad=True)
-    loss = generalized_dice_loss(logits, target)
+    loss = soft_dice_loss(logits, target)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
-    assert logits.grad[:, 2:].abs().sum() > 0  # predicting an absent class still costs
-    # absent class gets the largest present weight: same as a present class of that size
-    good = _onehot_logits(target, 4)
-    bad = good.clone()
-    bad[0, 3, 3, 3], bad[0, 0, 3, 3] = 50.0, 0.0  # one background pixel predicted as absent class 3
-    assert generalized_dice_loss(bad, target) > generalized_dice_loss(good, target) + 0.01
+    assert logits.grad[:, 1].abs().sum() > 0
 
 
 def test_seg_loss_ignores_unlabelled_pixels() -> None:
@@ -90,7 +95,7 @@ def test_seg_loss_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError):
         segmentation_loss(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
     with pytest.raises(ValueError):
-        generalized_dice_loss(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4))
+        soft_dice_loss(torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4))
 
 
 def test_output_consistency_values() -> None:
