@@ -3,10 +3,13 @@
 - ``t1.safetensors``: a single-sequence T1 model. Used for one volume (a file,
   or ``--modality X``); on another sequence it warns and points at
   adaptation ("Adapt to this modality" / ``bigl adapt``), which starts from it.
+- ``t1_to_t2.safetensors``: the T1 model adapted to T2 by ``bigl adapt`` (BiGL, no
+  T2 labels); the demo shows it next to the T1 model failing on T2.
 - ``multi.safetensors``: a four-sequence model (t1, t1ce, t2, flair as input
   channels). Used for a case folder when no ``--modality`` is given.
 
-Both are trained by the documented commands in ``docs/training.md``.
+The T1 and four-sequence models are trained by the documented commands in
+``docs/training.md``, the adapted model by the one in ``docs/adaptation.md``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 BUNDLE_DIR = Path(__file__).resolve().parent
 T1_MODEL = BUNDLE_DIR / "t1.safetensors"
 MULTI_MODEL = BUNDLE_DIR / "multi.safetensors"
+ADAPTED_T2_MODEL = BUNDLE_DIR / "t1_to_t2.safetensors"
 
 
 def default_model(*, case_folder: bool, modality: str | None) -> Path:
