@@ -30,12 +30,12 @@ def split(tiny_dataset):
 
 
 def test_one_step_changes_segmenter_and_discriminators(tiny_bundle_path, split, monkeypatch):
-    import bigl.adapt as A
+    from bigl.adapt import alignment
 
     source = load_bundle(tiny_bundle_path)
     before = {k: v.clone() for k, v in source.segmenter.state_dict().items()}
     seen = {}
-    real = A._alignment_discriminators
+    real = alignment._alignment_discriminators
 
     def spy(seg, cfg, device):
         disc = real(seg, cfg, device)
@@ -43,7 +43,7 @@ def test_one_step_changes_segmenter_and_discriminators(tiny_bundle_path, split, 
         seen["before"] = {k: v.clone() for k, v in disc.state_dict().items()}
         return disc
 
-    monkeypatch.setattr(A, "_alignment_discriminators", spy)
+    monkeypatch.setattr(alignment, "_alignment_discriminators", spy)   # what alignment_setup calls
     res = adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, select=False), device="cpu")
     after = res.bundle.segmenter.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
@@ -59,12 +59,12 @@ def test_one_step_changes_segmenter_and_discriminators(tiny_bundle_path, split, 
 @pytest.mark.parametrize("method,expected_disc", [("adaptseg", {"out"}), ("cycada", {"out"}),
                                                    ("bigl-output", set())])
 def test_baselines_and_ablations_build_the_right_discriminators(method, expected_disc, tiny_bundle_path):
-    import bigl.adapt as A
+    from bigl.adapt.alignment import _alignment_discriminators
 
     seg = load_bundle(tiny_bundle_path).segmenter
     cfg = (AdaptConfig(method="bigl", use_feature=False, use_attention=False) if method == "bigl-output"
            else AdaptConfig(method=method))
-    assert set(A._alignment_discriminators(seg, cfg, torch.device("cpu"))) == expected_disc
+    assert set(_alignment_discriminators(seg, cfg, torch.device("cpu"))) == expected_disc
 
 
 def test_adapted_bundle_segments_target_without_warning(tiny_bundle_path, split, tmp_path, recwarn):
@@ -162,7 +162,7 @@ def test_translator_training_moves_both_generators_and_conditions_g_s2t(tiny_bun
 def test_translator_starts_are_screened_and_the_closest_one_continues(tiny_bundle_path, split, monkeypatch):
     from dataclasses import replace
 
-    import bigl.adapt as A
+    from bigl.adapt import translator_stage
     from bigl.preprocess import patch_size_for
     from bigl.train import load_prepared
 
@@ -175,17 +175,18 @@ def test_translator_starts_are_screened_and_the_closest_one_continues(tiny_bundl
         seen.append(g_t2s)
         return next(scores)
 
-    monkeypatch.setattr(A, "translation_distance", distance)
+    monkeypatch.setattr(translator_stage, "translation_distance", distance)   # what train_translator calls
     steps = []
     cfg = replace(TINY_TRANSLATOR, steps=4, starts=3, screen_steps=1)
-    _, g_t2s = A.train_translator(src, tgt, patch, cfg, np.random.default_rng(0), torch.device("cpu"),
-                                  progress=lambda p: steps.append((p.step, p.total)), segmenter=seg)
+    _, g_t2s = translator_stage.train_translator(src, tgt, patch, cfg, np.random.default_rng(0), torch.device("cpu"),
+                                                 progress=lambda p: steps.append((p.step, p.total)), segmenter=seg)
     assert len(seen) == 3 and g_t2s is seen[1]
     assert steps == [(i, 6) for i in range(1, 7)]   # 3 starts x 1 screening step + 3 more for the chosen one
 
 
 def test_flipped_start_and_translation_distance_on_known_generators():
-    from bigl.adapt import TranslatorTrainConfig, _TranslatorStart, intensity_distance, translation_distance
+    from bigl.adapt import TranslatorTrainConfig, intensity_distance, translation_distance
+    from bigl.adapt.translator_stage import _TranslatorStart
 
     a = torch.tensor([[[[0.0, 1.0, 2.0, 3.0]]]])
     assert intensity_distance(a, a) == 0.0
@@ -264,17 +265,17 @@ def test_bad_config_and_inputs(tiny_bundle_path, split):
 
 
 def test_anchor_and_translated_source_loss_are_switchable(tiny_bundle_path, split, monkeypatch):
-    import bigl.adapt as A
+    from bigl.adapt import driver
 
     seen = []
-    real = A.alignment_step
+    real = driver.alignment_step
 
     def spy(*args):
         terms = real(*args)
         seen.append((terms, args[12]))   # (loss terms, teacher)
         return terms
 
-    monkeypatch.setattr(A, "alignment_step", spy)
+    monkeypatch.setattr(driver, "alignment_step", spy)
     source = load_bundle(tiny_bundle_path)
     before = {k: v.clone() for k, v in source.segmenter.state_dict().items()}
     adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1), device="cpu")       # defaults
@@ -289,11 +290,11 @@ def test_anchor_and_translated_source_loss_are_switchable(tiny_bundle_path, spli
 
 
 def test_anchor_teacher_follows_the_segmenter_with_anchor_ema(tiny_bundle_path, split, monkeypatch):
-    import bigl.adapt as A
+    from bigl.adapt import driver
 
     seen = []
-    real = A.alignment_step
-    monkeypatch.setattr(A, "alignment_step", lambda *args: seen.append(args[12]) or real(*args))
+    real = driver.alignment_step
+    monkeypatch.setattr(driver, "alignment_step", lambda *args: seen.append(args[12]) or real(*args))
     source = load_bundle(tiny_bundle_path)
     before = {k: v.clone() for k, v in source.segmenter.state_dict().items()}
     res = adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, anchor_ema=0.75, weight_ema=0.0), device="cpu")
@@ -308,17 +309,17 @@ def test_anchor_teacher_follows_the_segmenter_with_anchor_ema(tiny_bundle_path, 
 
 
 def test_weight_ema_keeps_the_moving_average_of_the_segmenter(tiny_bundle_path, split, monkeypatch):
-    import bigl.adapt as A
+    from bigl.adapt import driver
 
     trained = {}
-    real = A.alignment_step
+    real = driver.alignment_step
 
     def spy(*args):
         terms = real(*args)
         trained.update({k: v.clone() for k, v in args[0].state_dict().items()})
         return terms
 
-    monkeypatch.setattr(A, "alignment_step", spy)
+    monkeypatch.setattr(driver, "alignment_step", spy)
     source = load_bundle(tiny_bundle_path)
     before = {k: v.clone() for k, v in source.segmenter.state_dict().items()}
     res = adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, weight_ema=0.75), device="cpu")

@@ -60,7 +60,7 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
         raise AssertionError("resume trained again")
 
     monkeypatch.setattr("bigl.benchmark.train", no_training)
-    monkeypatch.setattr("bigl.adapt.train_translator", no_training)
+    monkeypatch.setattr("bigl.adapt.driver.train_translator", no_training)
     again = run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=("bigl",), train_config=tcfg,
                           adapt_config=acfg, device="cpu", resume=True)
     assert sorted(r["row"] for r in again["runs"]) == sorted(r["row"] for r in res["runs"])

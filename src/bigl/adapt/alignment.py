@@ -1,0 +1,155 @@
+"""Stage 2: one alternating update of the shared segmenter Φ and its alignment discriminators.
+
+BiGL aligns features and position/channel attention maps (D^Feat, D^Pos, D^Cha, both sides) and adds the
+output consistency L_out; the AdaptSegNet and CyCADA baselines align softmax outputs with one PatchGAN
+discriminator (CyCADA on x_s→t instead of x_s).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from bigl import distributed
+from bigl.adapt.config import AdaptConfig
+from bigl.adapt.translator_stage import _masks, source_to_target
+from bigl.losses import adversarial_loss, distillation_loss, output_consistency, segmentation_loss
+from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionDiscriminator,
+                                        FeatureDiscriminator, PatchDiscriminator, PatchDiscriminatorConfig)
+from bigl.models.segmenter import DualAttentionUNet, SegmenterOutput
+from bigl.models.translator import Generator
+
+
+def _alignment_discriminators(seg: DualAttentionUNet, cfg: AdaptConfig, device: torch.device) -> nn.ModuleDict:
+    c = seg.config.widths[-1]
+    k = seg.config.num_classes
+    disc: dict[str, nn.Module] = {}
+    if cfg.method == "bigl":
+        if cfg.use_feature:
+            disc["feat_s"] = FeatureDiscriminator(AlignmentDiscriminatorConfig(in_channels=c))
+            disc["feat_t"] = FeatureDiscriminator(AlignmentDiscriminatorConfig(in_channels=c))
+        if cfg.use_attention and seg.config.attention:
+            for side in ("s", "t"):
+                disc[f"pos_{side}"] = AttentionDiscriminator(AlignmentDiscriminatorConfig(in_channels=1))
+                disc[f"cha_{side}"] = AttentionDiscriminator(AlignmentDiscriminatorConfig(in_channels=1))
+    elif cfg.method in ("adaptseg", "cycada"):
+        disc["out"] = PatchDiscriminator(PatchDiscriminatorConfig(in_channels=k, width=32, norm="none"))
+    return nn.ModuleDict(disc).to(device)
+
+
+def _pairs(outs: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(labelled side, unlabelled side) inputs of each alignment discriminator, by name."""
+    def att(o, name):
+        return getattr(o, name)[:, None]
+    return {
+        "feat_s": (outs["s"].feature, outs["t2s"].feature),
+        "feat_t": (outs["s2t"].feature, outs["t"].feature),
+        "pos_s": (att(outs["s"], "position_attention"), att(outs["t2s"], "position_attention")),
+        "pos_t": (att(outs["s2t"], "position_attention"), att(outs["t"], "position_attention")),
+        "cha_s": (att(outs["s"], "channel_attention"), att(outs["t2s"], "channel_attention")),
+        "cha_t": (att(outs["s2t"], "channel_attention"), att(outs["t"], "channel_attention")),
+    }
+
+
+def _output_pairs(outs: dict[str, Any], method: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    lab = outs["s2t"] if method == "cycada" else outs["s"]
+    return {"out": (torch.softmax(lab.logits, 1), torch.softmax(outs["t"].logits, 1))}
+
+
+def alignment_setup(seg: DualAttentionUNet, cfg: AdaptConfig, device: torch.device):
+    """Stage-2 parts for ``seg``: (discriminators, frozen source-model teacher or None, Φ's and the
+    discriminators' optimisers). Call before Φ is trained: the teacher is a copy of ``seg`` as it is."""
+    disc = _alignment_discriminators(seg, cfg, device)
+    teacher = None
+    if cfg.method == "bigl" and cfg.lambda_anchor > 0:
+        teacher = copy.deepcopy(seg).eval().requires_grad_(False)
+    opt_seg = torch.optim.Adam(seg.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if len(disc) else None
+    return disc, teacher, opt_seg, opt_d
+
+
+def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, xs, ys, xt,
+                   g_s2t: Generator | None, g_t2s: Generator | None, cfg: AdaptConfig, ramp: float,
+                   pseudo: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   teacher: DualAttentionUNet | None = None) -> dict[str, float]:
+    """One alternating update (Φ, then the discriminators) for ``cfg.method``; returns the loss terms.
+
+    ``teacher``: the frozen source model whose softmax of x_t→s anchors Φ (``cfg.lambda_anchor``).
+    """
+    mt = _masks(xt)
+    streams = {"s": xs}
+    with torch.no_grad():
+        if cfg.method in ("bigl", "cycada"):
+            streams["s2t"] = source_to_target(g_s2t, xs, ys)
+        if cfg.method == "bigl" or pseudo is not None:
+            streams["t2s"] = g_t2s(xt, mt)
+    if cfg.method == "cycada":
+        del streams["s"]
+    streams["t"] = xt
+    names = list(streams)
+    # one forward pass over all streams: BatchNorm sees every domain, as at test time
+    disc.requires_grad_(False)
+    seg.train()
+    big = seg(torch.cat([streams[n] for n in names]), return_extras=True)
+    sizes = [streams[n].shape[0] for n in names]
+    outs = {n: _split(big, i, sizes) for i, n in enumerate(names)}
+
+    terms: dict[str, torch.Tensor] = {}
+    labelled = [n for n in ("s", "s2t") if n in outs]
+    for n in labelled:                      # reported per stream: seg_s, seg_s2t
+        weight = cfg.lambda_seg_s2t if n == "s2t" and cfg.method == "bigl" else 1.0
+        if weight:
+            terms[f"seg_{n}"] = weight * segmentation_loss(outs[n].logits, ys)
+    if cfg.method == "bigl" and cfg.use_output:
+        terms["out"] = cfg.lambda_out * output_consistency(outs["t"].logits, outs["t2s"].logits, mt)
+    if pseudo is not None:
+        plabel, _ = pseudo
+        terms["pseudo"] = sum(segmentation_loss(outs[n].logits, plabel) for n in ("t", "t2s") if n in outs)
+    if teacher is not None:
+        with torch.no_grad():
+            soft = torch.softmax(teacher(streams["t2s"]), 1)
+        terms["anchor"] = cfg.lambda_anchor * sum(distillation_loss(outs[n].logits, soft, mt) for n in ("t", "t2s"))
+    pairs = _pairs(outs) if cfg.method == "bigl" else _output_pairs(outs, cfg.method)
+    weight = cfg.lambda_gtl if cfg.method == "bigl" else cfg.lambda_adv_out
+    adv = [adversarial_loss(distributed.unwrap(disc[name])(pairs[name][1]), True) for name in disc]  # frozen
+    if adv:
+        terms["adv"] = ramp * weight * sum(adv)
+    loss = sum(terms.values())
+    amp = distributed.precision(xs.device)
+    opt_seg.zero_grad(set_to_none=True)
+    amp.backward(loss)
+    amp.step(opt_seg)
+    if teacher is not None and cfg.anchor_ema:
+        follow(teacher, seg, cfg.anchor_ema)
+
+    if len(disc):
+        disc.requires_grad_(True)
+        loss_d = sum(adversarial_loss(disc[name](pairs[name][0].detach()), True)
+                     + adversarial_loss(disc[name](pairs[name][1].detach()), False) for name in disc)
+        opt_d.zero_grad(set_to_none=True)
+        amp.backward(loss_d)
+        amp.step(opt_d)
+        terms["disc"] = loss_d
+    amp.update()
+    return {k: float(v.detach()) for k, v in terms.items()}
+
+
+@torch.no_grad()
+def follow(teacher: nn.Module, model: nn.Module, momentum: float) -> None:
+    """EMA update: teacher parameters <- momentum·teacher + (1-momentum)·model; buffers (BatchNorm statistics) copied."""
+    for t, m in zip(teacher.parameters(), model.parameters(), strict=True):
+        t.lerp_(m, 1.0 - momentum)
+    for t, m in zip(teacher.buffers(), model.buffers(), strict=True):
+        t.copy_(m)
+
+
+def _split(out, i: int, sizes: list[int]):
+    a = sum(sizes[:i])
+    b = a + sizes[i]
+    pick = (lambda t: t[a:b] if t is not None else None)  # noqa: E731
+    return SegmenterOutput(out.logits[a:b], out.feature[a:b], pick(out.position_attention),
+                           pick(out.channel_attention))
+
