@@ -42,7 +42,7 @@ def main() -> None:
     seg = load_bundle(args.model).segmenter.eval()
     cfg = A.TranslatorTrainConfig(**json.loads(args.translator))
     scored = []
-    original = A.translation_distance
+    original = A.translator_stage.translation_distance
 
     def distance(g_s2t, g_t2s, xs, ys, xt):
         d = original(g_s2t, g_t2s, xs, ys, xt)
@@ -58,12 +58,12 @@ def main() -> None:
     screen = min(cfg.screen_steps, cfg.steps)
     # the steps after screening only train the chosen start further: not needed to see the choice
     cfg = replace(cfg, steps=screen)
-    A.translation_distance = distance
+    A.translator_stage.translation_distance = distance
     try:
         A.train_translator(src, tgt, patch_size_for(src + tgt, seg.stride), cfg, rng, torch.device("cpu"),
                            segmenter=seg)
     finally:
-        A.translation_distance = original
+        A.translator_stage.translation_distance = original
     best = min(scored, key=lambda r: r["distance"])
     print(json.dumps({"chosen_start": best["start"], "after_steps": screen}))
 

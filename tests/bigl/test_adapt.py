@@ -84,7 +84,8 @@ def test_adapted_bundle_segments_target_without_warning(tiny_bundle_path, split,
 def test_every_method_runs(method, tiny_bundle_path, split):
     res = adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "t2", _cfg(method=method), device="cpu")
     assert res.bundle.sequences == ("t2",)
-    # only BiGL trains Φ on x_t→s, so only BiGL segments with the ensemble (the default); the others directly
+    # only BiGL trains Φ on x_t→s, so only BiGL follows AdaptConfig.inference; translate-only goes through
+    # G_t→s, the others segment directly
     expected = {"translate": "translate"}.get(method, "direct")
     assert res.bundle.inference == expected
     if method in ("adaptseg", "cycada"):  # selected by negative entropy (< 0), not by agreement (>= 0)

@@ -39,7 +39,7 @@ Modules, in the order the method runs:
   translate-only stop after stage 1), snapshots, self-trains and returns the adapted bundle.
 """
 
-from bigl.adapt.alignment import alignment_setup, alignment_step, follow
+from bigl.adapt.alignment import alignment_setup, alignment_step
 from bigl.adapt.config import METHODS, AdaptConfig, TranslatorTrainConfig
 from bigl.adapt.driver import AdaptResult, PreviewFn, adapt
 from bigl.adapt.selection import (
@@ -66,7 +66,6 @@ __all__ = [
     "adapt",
     "alignment_setup",
     "alignment_step",
-    "follow",
     "intensity_distance",
     "prediction_agreement",
     "pseudo_labels",

@@ -21,6 +21,7 @@ from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionD
                                         FeatureDiscriminator, PatchDiscriminator, PatchDiscriminatorConfig)
 from bigl.models.segmenter import DualAttentionUNet, SegmenterOutput
 from bigl.models.translator import Generator
+from bigl.train import follow
 
 
 def _alignment_discriminators(seg: DualAttentionUNet, cfg: AdaptConfig, device: torch.device) -> nn.ModuleDict:
@@ -135,15 +136,6 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
         terms["disc"] = loss_d
     amp.update()
     return {k: float(v.detach()) for k, v in terms.items()}
-
-
-@torch.no_grad()
-def follow(teacher: nn.Module, model: nn.Module, momentum: float) -> None:
-    """EMA update: teacher parameters <- momentum·teacher + (1-momentum)·model; buffers (BatchNorm statistics) copied."""
-    for t, m in zip(teacher.parameters(), model.parameters(), strict=True):
-        t.lerp_(m, 1.0 - momentum)
-    for t, m in zip(teacher.buffers(), model.buffers(), strict=True):
-        t.copy_(m)
 
 
 def _split(out, i: int, sizes: list[int]):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bigl import distributed
-from bigl.adapt.alignment import alignment_setup, alignment_step, follow
+from bigl.adapt.alignment import alignment_setup, alignment_step
 from bigl.adapt.config import AdaptConfig
 from bigl.adapt.selection import Snapshot, _load_best, pseudo_labels, selection_score
 from bigl.adapt.translator_stage import train_translator
@@ -29,7 +29,7 @@ from bigl.io import SEQUENCES, Case, Volume, list_cases, load_images
 from bigl.models.translator import Generator
 from bigl.preprocess import PreparedVolume, patch_size_for, prepare
 from bigl.progress import CancelFn, ProgressFn, Reporter
-from bigl.train import poly_lr, seed_everything
+from bigl.train import follow, poly_lr, seed_everything
 
 log = logging.getLogger(__name__)
 
