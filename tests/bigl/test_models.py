@@ -157,6 +157,48 @@ def test_eval_determinism(norm: str) -> None:
         assert torch.equal(model(x), model(x))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_inference_copy_gives_the_eval_outputs(norm: str, channels_last: bool) -> None:
+    _seed()
+    model = DualAttentionUNet(dataclasses.replace(TINY, norm=norm))
+    with torch.no_grad():           # statistics away from (0, 1) and γ != 0, so that folding has something to do
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+        model.attention.gamma_pos.fill_(0.7), model.attention.gamma_cha.fill_(-0.3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = model.for_inference(channels_last=channels_last)
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
+    assert not fast.training and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    if norm == "instance":      # replaced by the layout-keeping version on channels_last only
+        assert channels_last != any(isinstance(m, torch.nn.InstanceNorm2d) for m in fast.modules())
+    x = torch.randn(3, 1, 16, 24)
+    with torch.no_grad():
+        ref = model.eval()(x, return_extras=True)
+        out = fast(x.contiguous(memory_format=torch.channels_last) if channels_last else x, return_extras=True)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.position_attention, ref.position_attention, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(out.feature, ref.feature, atol=1e-5, rtol=1e-4)
+
+
+def test_nhwc_instance_norm_is_instance_norm_and_keeps_the_layout() -> None:
+    from bigl.models.segmenter import InstanceNormNHWC
+
+    _seed()
+    norm = torch.nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    x = 0.5 * torch.randn(3, 6, 40, 32) + 5.0
+    x[:, :, 20:] = 5.0                      # mean far above the spread, as on background: E[x²] - E[x]² would lose it
+    ref = norm.double()(x.double()).float()
+    out = InstanceNormNHWC(norm.float())(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+
+
 def test_gradient_reaches_gamma() -> None:
     _seed()
     model = DualAttentionUNet(TINY)
