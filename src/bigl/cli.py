@@ -12,6 +12,7 @@ from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 
+import bigl._openmp  # noqa: F401  (sets OMP_WAIT_POLICY: before anything below imports torch)
 from bigl import __version__
 from bigl.errors import BiglError
 from bigl.io import SEQUENCES
@@ -165,7 +166,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         volume, sequence = read_input(args.input, args.modality)
         inputs, label = volume, sequence or "sequence unknown"
     t0 = time.perf_counter()
-    seg = segment_volume(bundle, inputs, sequence=sequence, device=args.device, progress=TextProgress())
+    # what is not written is not computed: attention maps and input-grid probabilities cost time and memory
+    seg = segment_volume(bundle, inputs, sequence=sequence, device=args.device, progress=TextProgress(),
+                         with_attention=bool(args.attention), with_probabilities=bool(args.probabilities))
     arrays = [seg.labels] + [a for a, p in ((seg.attention, args.attention), (seg.probabilities, args.probabilities))
                              if p]
     write_many(list(zip(arrays, outputs)), volume, overwrite=args.overwrite)  # all or none

@@ -46,7 +46,7 @@ def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], seque
         images = load_images(case, sequences)
         image = images[sequences[0]]
         labels = load_labels(case, cavity=cavity)   # checked against every image's grid, this one included
-        seg = segment_volume(bundle, images, device=device, with_attention=False)
+        seg = segment_volume(bundle, images, device=device, with_attention=False, with_probabilities=False)
         if seg.labels.shape != labels.data.shape:   # only a bug can get here; say which case anyway
             raise BiglError(f"{image.path}: prediction {seg.labels.shape} and labels {labels.path} "
                             f"{labels.data.shape} differ in shape; put the case's images and seg on one grid")

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -30,6 +31,34 @@ def test_segment_writes_on_the_input_grid(tiny_dataset, tiny_bundle_path, tmp_pa
     assert set(np.unique(np.asarray(nib.load(out).dataobj))) <= {0, 1, 2, 4}
     assert nib.load(prob).shape == ref.shape + (4,)
     assert "segmented" in capsys.readouterr().out
+
+
+def test_segment_labels_alone_match_labels_with_extras(tiny_dataset, tiny_bundle_path, tmp_path):
+    src = next(sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0].glob("*_t1.nii.gz"))
+    common = ["segment", "--model", str(tiny_bundle_path), "--input", str(src), "--device", "cpu"]
+    assert main(common + ["--out", str(tmp_path / "a.nii.gz"), "--probabilities", str(tmp_path / "p.nii.gz")]) == 0
+    assert main(common + ["--out", str(tmp_path / "b.nii.gz")]) == 0    # without extras: not computed at all
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "a.nii.gz").dataobj),
+                                  np.asarray(nib.load(tmp_path / "b.nii.gz").dataobj))
+
+
+@pytest.mark.parametrize("user_policy", [None, "ACTIVE"])
+def test_cli_makes_openmp_threads_sleep_before_torch_loads(user_policy):
+    """OpenMP reads OMP_WAIT_POLICY when torch loads: the CLI must have set it by then, keeping a user's own."""
+    code = ("import importlib.abc, os, sys\n"
+            "seen = []\n"
+            "class Spy(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' and not seen:\n"
+            "            seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+            "sys.meta_path.insert(0, Spy())\n"
+            "import bigl.cli\n"
+            "print(seen)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_policy:
+        env["OMP_WAIT_POLICY"] = user_policy
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == repr([user_policy or "PASSIVE"])
 
 
 def test_segment_case_folder_needs_and_uses_modality(tiny_dataset, tiny_bundle_path, tmp_path, capsys):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -27,7 +29,8 @@ def test_outputs_lie_on_the_input_grid(tiny_bundle_path, case_t1):
 
 
 def test_labels_are_the_argmax_of_probabilities(tiny_bundle_path, case_t1):
-    seg = segment_volume(load_bundle(tiny_bundle_path), case_t1, sequence="t1", device="cpu")
+    # min_lesion_ml=0: small-lesion removal would rightly make labels differ from the argmax wherever it drops a speck
+    seg = segment_volume(load_bundle(tiny_bundle_path), case_t1, sequence="t1", device="cpu", min_lesion_ml=0)
     np.testing.assert_array_equal(seg.labels, np.array([0, 1, 2, 4])[seg.probabilities.argmax(0)])
 
 
@@ -36,6 +39,23 @@ def test_batch_size_does_not_change_the_result(tiny_bundle_path, case_t1):
     a = segment_volume(b, case_t1, device="cpu", batch_size=1)
     c = segment_volume(b, case_t1, device="cpu", batch_size=64)
     np.testing.assert_allclose(a.probabilities, c.probabilities, atol=1e-5)
+
+
+def test_labels_alone_are_the_labels_of_the_full_result(tiny_bundle_path, case_t1):
+    b = load_bundle(tiny_bundle_path)
+    # a model at twice the voxel size: the volume goes to its grid and the probabilities come back (_back_to_grid)
+    coarse = dataclasses.replace(b, normalization=b.normalization | {
+        "inplane_spacing_mm": [2 * s for s in case_t1.spacing[1:]]})
+    for bundle in (b, coarse):
+        full = segment_volume(bundle, case_t1, device="cpu", min_lesion_ml=0)
+        light = segment_volume(bundle, case_t1, device="cpu", min_lesion_ml=0, with_attention=False,
+                               with_probabilities=False)
+        assert full.probabilities.shape == (4,) + case_t1.data.shape and full.attention.max() > 0
+        np.testing.assert_array_equal(full.labels, np.array([0, 1, 2, 4])[full.probabilities.argmax(0)])
+        np.testing.assert_array_equal(light.labels, full.labels)
+        assert light.probabilities is None and light.attention.shape == case_t1.data.shape
+        assert not light.attention.any()
+        assert light.labels.any()           # the comparison is not between two empty volumes
 
 
 def test_other_sequence_warns_with_the_fix(tiny_bundle_path, case_t1):
