@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from bigl.errors import InputWarning
 from bigl.io import Volume
+from bigl.preprocess import bounding_box
 
 MAX_ANISOTROPY = 3.0
 MAX_OBLIQUE_DEG = 5.0
@@ -92,10 +93,13 @@ def skull_problem(volume: Volume | np.ndarray) -> str | None:
 def _dark_shell(data: np.ndarray, nonzero: np.ndarray, spacing: tuple[float, float, float]) -> float:
     """Fraction of near-zero voxels in the band 2-12 mm inside the non-zero region's surface."""
     step = 2 if nonzero.size > 4_000_000 else 1  # a coarser grid keeps the distance transform ~0.1 s
-    mask = ndimage.binary_fill_holes(nonzero[::step, ::step, ::step])
-    if not mask.any():
+    coarse = nonzero[::step, ::step, ::step]
+    if not coarse.any():
         return 0.0
-    sub = data[::step, ::step, ::step]
+    # only the non-zero box (plus a zero ring) matters: the fill and the distances are the same there, 2x sooner
+    box = bounding_box(coarse, margin=1)
+    mask = ndimage.binary_fill_holes(coarse[box])
+    sub = data[::step, ::step, ::step][box]
     depth = ndimage.distance_transform_edt(mask, sampling=[s * step for s in spacing])
     band = (depth > _SHELL_MM[0]) & (depth <= _SHELL_MM[1])
     if not band.any():
