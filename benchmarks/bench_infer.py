@@ -1,11 +1,26 @@
 """Volume-inference speed and memory on a BraTS-size (155 x 240 x 240, 1 mm) phantom.
 
-Times `bigl.infer.segment_volume` (brain slices only, cropped to the brain's
-bounding box, batched, inference mode) against the same model run naively
-(every slice, full 240 x 240, one slice at a time, no cropping), each in its
-own subprocess so that peak RSS is measured separately. Also reports the
-model's GFLOPs per slice. Targets on the 2-core CPU: < 15 s per volume,
-< 2 GB peak RSS.
+Two measurements.
+
+``--cli`` (issue 15, "CPU inference speed"): `bigl segment` of one whole-brain
+1 mm T1 volume end to end, process start to file written, in a subprocess;
+its wall time as a ratio to a matmul reference (20 float32 2048 x 2048
+matmuls on 2 threads) timed in this process just before and just after each
+run, so that the ratio holds on a loaded machine; the child's peak RSS
+(``os.wait4``); the network's FLOPs (``torch.utils.flop_counter``) over its
+time in process (GFLOP/s); the labels against a saved baseline (Dice per label
+and region). ``--compare-src`` runs an older tree (e.g. ``git archive HEAD
+src``) the same way, interleaved, for a before/after in one run. ``--profile``
+adds a cProfile breakdown of one run by stage.
+
+    python benchmarks/bench_infer.py --cli [--input T1.nii.gz | --workdir DIR] [--crop-pad Z Y X] \
+        [--repeats 3] [--baseline BASE.nii.gz | --save-baseline BASE.nii.gz] [--compare-src OLD/src] [--profile]
+
+Default (no ``--cli``): `bigl.infer.segment_volume` in process (brain slices
+only, cropped to the brain's bounding box, batched, inference mode) against
+the same model run naively (every slice, full 240 x 240, one slice at a time,
+no cropping), each in its own subprocess so that peak RSS is measured
+separately. Also reports the model's GFLOPs per slice.
 
     python benchmarks/bench_infer.py [--model BUNDLE] [--device cpu] [--repeats 3] [--json out.json]
 """
@@ -18,6 +33,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+from _bench_cli import network_worker, run_cli_benchmark
 
 
 def _flops_per_slice(model, h: int, w: int) -> float:
@@ -80,7 +98,27 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--cli", action="store_true", help="time `bigl segment` end to end against a matmul reference")
+    ap.add_argument("--input", default=None, help="--cli: 1 mm T1 volume (default: a brats phantom, seed 2027)")
+    ap.add_argument("--workdir", default=None, help="--cli: folder for the phantom and outputs (default: a temp dir)")
+    ap.add_argument("--crop-pad", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                    help="--cli: crop/pad the volume (centred) to this (z, y, x) shape first, e.g. 189 233 197")
+    ap.add_argument("--baseline", default=None, help="--cli: labels to compare with (Dice per label)")
+    ap.add_argument("--save-baseline", default=None,
+                    help="--cli: keep the labels here (those of --compare-src when given, else the current tree's)")
+    ap.add_argument("--compare-src", default=None, help="--cli: also time this source tree (PYTHONPATH), interleaved")
+    ap.add_argument("--threads", type=int, default=2, help="--cli: threads of the matmul reference")
+    ap.add_argument("--profile", action="store_true", help="--cli: also break one run down by stage (cProfile)")
     args = ap.parse_args()
+    if args.cli:
+        text = json.dumps(run_cli_benchmark(args), indent=2)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+        print(text)
+        return
+    if args.worker == "network":
+        print(json.dumps(network_worker(Path(args.input), args.threads)))
+        return
     if args.worker:
         print(json.dumps(_worker(args.worker, args.model, args.device, args.repeats)))
         return
