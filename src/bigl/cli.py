@@ -95,6 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   contrast_method=args.contrast_method if args.augment == "contrast" else "none")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       val_every=args.val_every, augment=args.augment != "none", augmentation=aug, workers=args.workers,
+                      weight_ema=args.weight_ema,
                       segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices))
     result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
                    progress=TextProgress(), cache_dir=args.cache_dir)
@@ -255,7 +256,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bigl.demo import run_demo
     from bigl.phantom import SAMPLE_DIR
 
-    print(run_demo(args.data or SAMPLE_DIR, device=args.device))
+    print(run_demo(args.data or SAMPLE_DIR, device=args.device, live=args.adapt, progress=TextProgress()).text)
     return 0
 
 
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=TRAIN_DEFAULTS.batch_size)
     p.add_argument("--lr", type=_positive_float, default=TRAIN_DEFAULTS.lr)
     p.add_argument("--val-every", type=_positive_int, default=TRAIN_DEFAULTS.val_every)
+    p.add_argument("--weight-ema", type=float, default=TRAIN_DEFAULTS.weight_ema, metavar="M",
+                   help="validate and save a moving average of the weights with momentum M (0: the weights)")
     p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
     _data_options(p)
     _common(p, seed=True)
@@ -369,8 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing merged results.json/results.md")
     p.set_defaults(func=_cmd_merge_results)
 
-    p = sub.add_parser("demo", help="segment the bundled sample cases with the demo model and print metrics")
+    p = sub.add_parser("demo", help="the bundled models on the sample cases: T1 on T1, on T2 (fails), adapted to "
+                                    "T2, and the four-sequence model, with Dice")
     p.add_argument("--data", default=None, help="dataset folder (default: the repository's sample_data/)")
+    p.add_argument("--adapt", action="store_true",
+                   help="run the T1 -> T2 adaptation live (about a quarter of an hour on a 2-core CPU) instead of "
+                        "loading the bundled adapted model")
     _common(p, overwrite=False)
     p.set_defaults(func=_cmd_demo)
     return parser
