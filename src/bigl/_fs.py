@@ -34,6 +34,10 @@ def _temp_pattern(name: str) -> re.Pattern[str]:
                       rf"|[A-Za-z0-9_]{{8}}(?:\.tmp|\.nii|\.nii\.gz))$")
 
 
+# the writability probe of check_output: .bigl-write-check.<pid>.<random>
+_PROBE = re.compile(r"^\.bigl-write-check\.(\d+)\.[A-Za-z0-9_]+$")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -49,7 +53,8 @@ def _alive(pid: int) -> bool:
 def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Remove the temporary files that killed writers of ``path`` left beside it; return what was removed.
 
-    A temporary file whose writer (the pid in its name) is still running is kept.
+    A temporary file whose writer (the pid in its name) is still running is kept. Writability probes of
+    killed processes in that folder go too.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -57,7 +62,7 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     pattern = _temp_pattern(path.name)
     removed = []
     for entry in path.parent.iterdir():
-        match = pattern.match(entry.name)
+        match = pattern.match(entry.name) or _PROBE.match(entry.name)
         if match is None or (match.group(1) and _alive(int(match.group(1)))):
             continue
         try:
@@ -103,7 +108,7 @@ def _writable_folder(path: Path, what: str) -> None:
         raise BiglError(f"{path}: cannot write the {what} there, {folder} is a file, not a folder; "
                         "choose a path inside a folder")
     try:  # os.access says yes to root even on read-only mounts; a real file says the truth
-        fd, probe = tempfile.mkstemp(prefix=".bigl-write-check.", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".bigl-write-check.{os.getpid()}.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

@@ -316,12 +316,15 @@ def test_stale_temps_of_dead_writers_are_cleaned_by_the_next_write(tmp_path):
     old_style = tmp_path / ".m.safetensors.k3j4h5g6.tmp"
     live = tmp_path / f".m.safetensors.{os.getpid()}.zzzz9999.tmp"
     other = tmp_path / ".m.safetensors.notes"
-    for p in (stale, old_style, live, other):
+    probe = tmp_path / f".bigl-write-check.{int(dead.stdout)}.q1w2e3r4"    # a killed writer's writability probe
+    live_probe = tmp_path / f".bigl-write-check.{os.getpid()}.a1s2d3f4"
+    for p in (stale, old_style, live, other, probe, live_probe):
         p.write_bytes(b"half")
     save_bundle(tiny_bundle(), out)
-    assert not stale.exists() and not old_style.exists()
-    assert live.exists() and other.exists()  # a live writer's file and unrelated files are left alone
+    assert not stale.exists() and not old_style.exists() and not probe.exists()
+    assert live.exists() and other.exists() and live_probe.exists()  # live writers' files, unrelated files stay
     live.unlink()
+    live_probe.unlink()
     assert clean_stale_temps(out) == []
 
 
