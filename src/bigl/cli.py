@@ -65,24 +65,33 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 class TextProgress:
-    """A one-line text progress bar on stderr, fed by the library's progress callback."""
+    """Progress bars on stderr (tqdm), one per stage of a long operation, fed by the library's progress callback.
 
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self._last = 0.0
+    Only on a terminal: piped or logged output gets no bar lines.
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._bar = None
 
     def __call__(self, p) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.2 and p.step < p.total):
+        if not self.enabled:
             return
-        self._last = now
-        width = 30
-        done = int(width * p.fraction)
-        eta = f" ETA {p.eta_s:.0f}s" if p.eta_s is not None else ""
-        extra = " ".join(f"{k}={v:.3g}" for k, v in list(p.metrics.items())[:4])
-        end = "\n" if p.step >= p.total else ""
-        print(f"\r{p.stage:9s} [{'#' * done}{'.' * (width - done)}] {p.step}/{p.total}{eta} {extra}"[:160],
-              end=end, file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar.desc != p.stage or self._bar.total != p.total or p.step < self._bar.n:
+            self.close()
+            self._bar = tqdm(total=p.total, desc=p.stage, file=sys.stderr, dynamic_ncols=True)
+        if p.metrics:
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in list(p.metrics.items())[:4]}, refresh=False)
+        self._bar.update(p.step - self._bar.n)
+        if p.step >= p.total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -152,3 +152,17 @@ def test_train_and_evaluate_several_sequences(tiny_dataset, tmp_path, capsys):
     assert "t2+flair" in capsys.readouterr().out
     assert main(["evaluate", "--model", str(out), "--data", str(tiny_dataset), "--device", "cpu"]) == 0
     assert "(t2+flair, 4 cases)" in capsys.readouterr().out
+
+
+def test_progress_bars_one_per_stage_on_a_terminal(capsys):
+    from bigl.cli import TextProgress
+    from bigl.progress import Progress
+
+    bar = TextProgress(enabled=True)
+    for stage, total in (("translator", 4), ("align", 3)):
+        for step in range(1, total + 1):
+            bar(Progress(stage, step, total, {"loss": 0.5}))
+    err = capsys.readouterr().err
+    assert "translator" in err and "4/4" in err and "align" in err and "3/3" in err and "loss=0.5" in err
+    TextProgress(enabled=False)(Progress("x", 1, 1))
+    assert capsys.readouterr().err == ""
