@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bigl.adapt import AdaptConfig, TranslatorTrainConfig
-from bigl.benchmark import ENSEMBLE_SUFFIX, ROWS, results_markdown, run_benchmark, split_dataset
+from bigl.benchmark import ROWS, bundled_suffix, results_markdown, run_benchmark, split_dataset
 from bigl.errors import BiglError
 from bigl.io import list_cases
 from bigl.models.segmenter import SegmenterConfig
@@ -46,7 +46,7 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     res = run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=("source-only", "translate", "bigl",
                         "target-only"), train_config=tcfg, adapt_config=acfg, device="cpu")
     names = [ROWS[k][0] for k in ("source-only", "translate", "bigl", "target-only")]
-    assert [r["row"] for r in res["runs"]] == names[:3] + [names[2] + ENSEMBLE_SUFFIX, names[3]]
+    assert [r["row"] for r in res["runs"]] == names[:3] + [names[2] + bundled_suffix("translate"), names[3]]
     md = (tmp_path / "out" / "results.md").read_text()
     assert "Share of the source-only → target-only gap" in md and "Unsupervised checkpoint selection" in md
     assert (tmp_path / "out" / "figure.png").stat().st_size > 1000
@@ -64,7 +64,7 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
     again = run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=("bigl",), train_config=tcfg,
                           adapt_config=acfg, device="cpu", resume=True)
     assert sorted(r["row"] for r in again["runs"]) == sorted(r["row"] for r in res["runs"])
-    assert again["runs"][-1]["row"] == names[2] + ENSEMBLE_SUFFIX
+    assert again["runs"][-1]["row"] == names[2] + bundled_suffix("translate")
     # other settings: the source model is not reused (training is attempted)
     with pytest.raises(AssertionError, match="resume trained again"):
         run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=("bigl",),
