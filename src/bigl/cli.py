@@ -135,7 +135,7 @@ def _is_dataset_folder(path: Path) -> bool:
 def _segment_dataset(args: argparse.Namespace) -> int:
     from bigl.bundles import default_model
     from bigl.checkpoint import load_bundle
-    from bigl.infer import segment_folder
+    from bigl.folder import segment_folder
 
     if args.attention or args.probabilities:
         raise BiglError("--attention and --probabilities are written for one volume; with a dataset folder as "
