@@ -25,7 +25,7 @@ from bigl.checkpoint import Bundle, jsonable, load_bundle, save_bundle
 from bigl.errors import BiglError
 from bigl.evaluate import REGION_ORDER, evaluate_dataset
 from bigl.infer import segment_volume
-from bigl.io import Case, list_cases, load_images, load_labels
+from bigl.io import SEQUENCES, Case, list_cases, load_images, load_labels
 from bigl.progress import ProgressFn
 from bigl.render import label_overlay, save_png, tile
 from bigl.train import TrainConfig, train
@@ -45,9 +45,19 @@ ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
     # the loss exactly as the paper writes it: L_seg on x_s→t too, no source-model anchor
     "bigl-paper": ("BiGL, paper losses (L_seg on x_s→t, no anchor)", "bigl", {"lambda_seg_s2t": 1.0,
                                                                             "lambda_anchor": 0.0}),
+    "sifa": ("SIFA-style (image + feature + output)", "sifa", {}),
     "target-only": ("Target only (upper bound)", "", {}),
+    # supervised rows beyond the paper: the source model trained with GIN contrast randomisation, segmenting the
+    # target directly (what a user gets without adapting), and a four-sequence model trained on the target cases
+    "source-only-contrast": ("Source only, contrast augmentation (GIN)", "", {}),
+    "target-only-multi": ("Target only, four sequences (upper bound)", "", {}),
 }
 SOURCE_ONLY, TARGET_ONLY = ROWS["source-only"][0], ROWS["target-only"][0]
+
+
+def gtl_row(value: float) -> str:
+    """Row name of BiGL (all alignment levels) at feature/attention weight ``value`` (the paper's Table 5)."""
+    return f"BiGL, λ_gtl = {value:g}"
 
 
 def bundled_suffix(inference: str) -> str:
@@ -76,13 +86,16 @@ def split_dataset(cases: list[Case], seed: int, fractions: tuple[float, float] =
 def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str | Path, *,
                   seeds: tuple[int, ...] = (0,), rows: tuple[str, ...] | None = None,
                   train_config: TrainConfig | None = None, adapt_config: AdaptConfig | None = None,
-                  device: str = "auto", progress: ProgressFn | None = None, resume: bool = False) -> dict[str, Any]:
+                  lambda_gtl: tuple[float, ...] = (), device: str = "auto", progress: ProgressFn | None = None,
+                  resume: bool = False) -> dict[str, Any]:
     """Run every row for every seed; write results.json, results.md and figure.png under ``out``.
 
-    ``resume``: reuse what an earlier run left in ``out`` for the same data and
-    sequences — each seed's source model and stage-1 translator, when they were
-    trained on this seed's split with the same settings — and add the rows run
-    now to its results.json, replacing rows of the same name and seed.
+    ``lambda_gtl``: after the rows, BiGL once per value of its feature/attention
+    weight (the paper's Table 5). ``resume``: reuse what an earlier run left in
+    ``out`` for the same data and sequences — each seed's source model and
+    stage-1 translator, when they were trained on this seed's split with the
+    same settings — and add the rows run now to its results.json, replacing rows
+    of the same name and seed.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,13 +122,15 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
             src = train(splits.source, source_seq, src_path, replace(tcfg, seed=seed), device=device, overwrite=True,
                         progress=progress).bundle
         translators = _reusable_translators(seed_dir, splits, replace(acfg, seed=seed)) if resume else None
-        for key in rows:
-            row, method, overrides = ROWS[key]
+        jobs = [(key, *ROWS[key]) for key in rows]
+        jobs += [(f"bigl-gtl-{v:g}", gtl_row(v), "bigl", {"lambda_gtl": v}) for v in lambda_gtl]
+        for key, row, method, overrides in jobs:
             t0 = time.perf_counter()
-            if key == "target-only":
-                bundle = train(splits.target, target_seq, seed_dir / f"target_{target_seq}.safetensors",
-                               replace(tcfg, seed=seed), device=device, overwrite=True, progress=progress).bundle
-                extra: dict[str, Any] = {}
+            evaluated = target_seq
+            extra: dict[str, Any] = {}
+            if not method:     # supervised rows
+                bundle, evaluated = _supervised_row(key, splits, source_seq, target_seq, seed_dir,
+                                                    replace(tcfg, seed=seed), device, progress)
             else:
                 cfg = replace(acfg, method=method, seed=seed, **overrides)
                 res = adapt(src, splits.source, source_seq, splits.target, target_seq, cfg, device=device,
@@ -130,7 +145,7 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
                                if r["seed"] != seed or (r["row"] != row and not r["row"].startswith(row + " ["))]
             # the paper's protocol: every method segments x_t directly, translate-only segments G_t→s(x_t)
             protocol = replace(bundle, inference="translate" if method == "translate" else "direct")
-            result = evaluate_dataset(protocol, splits.test, target_seq, device=device)
+            result = evaluate_dataset(protocol, splits.test, evaluated, device=device)
             results["runs"].append({"row": row, "seed": seed, "seconds": round(seconds, 1),
                                     "summary": result["summary"], "per_case": result["per_case"]} | extra)
             if method == "bigl" and bundle.inference != "direct":   # the same model as its bundle segments
@@ -148,6 +163,24 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "results.md").write_text(results_markdown(results))
     return results
+
+
+def _supervised_row(key: str, splits: Splits, source_seq: str, target_seq: str, seed_dir: Path, cfg: TrainConfig,
+                    device: str, progress: ProgressFn | None) -> tuple[Bundle, str | None]:
+    """(model, the sequence it is scored on; None: every sequence it reads) of a row trained with labels."""
+    if key == "source-only-contrast":
+        cfg = replace(cfg, augmentation=replace(cfg.augmentation, contrast_method="gin"))
+        bundle = train(splits.source, source_seq, seed_dir / f"source_{source_seq}_gin.safetensors", cfg,
+                       device=device, overwrite=True, progress=progress).bundle
+        # segments the target sequence directly, as a source-only adapted bundle does
+        return replace(bundle, sequences=(target_seq,), source_sequence=source_seq), target_seq
+    if key == "target-only-multi":
+        bundle = train(splits.target, SEQUENCES, seed_dir / "target_multi.safetensors", cfg, device=device,
+                       overwrite=True, progress=progress).bundle
+        return bundle, None
+    bundle = train(splits.target, target_seq, seed_dir / f"target_{target_seq}.safetensors", cfg, device=device,
+                   overwrite=True, progress=progress).bundle
+    return bundle, target_seq
 
 
 def _read_results(path: Path) -> tuple[dict[str, Any], tuple[str, str, str]]:
@@ -266,6 +299,43 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gap_shares(results: dict[str, Any]) -> dict[str, float]:
+    """Each row's share of the source-only → target-only gap in average DSC (seeds averaged); {} without both."""
+    rows = list(dict.fromkeys(r["row"] for r in results["runs"]))
+    mean = {row: _aggregate(results["runs"], row)["average"]["dice_mean"] for row in rows}
+    if SOURCE_ONLY not in mean or TARGET_ONLY not in mean or mean[TARGET_ONLY] <= mean[SOURCE_ONLY]:
+        return {}
+    gap = mean[TARGET_ONLY] - mean[SOURCE_ONLY]
+    return {row: (m - mean[SOURCE_ONLY]) / gap for row, m in mean.items() if row not in (SOURCE_ONLY, TARGET_ONLY)}
+
+
+def gap_matrix_markdown(paths: list[str | Path]) -> str:
+    """The share of the gap each method closes, one column per direction, from ``bigl benchmark`` results files
+    (files of the same direction — e.g. seeds run apart — are merged first)."""
+    groups: dict[tuple[str, str, str], list[Path]] = {}
+    for path in map(Path, paths):
+        groups.setdefault(_read_results(path)[1], []).append(path)
+    columns = {key: merge_results(group) for key, group in groups.items()}
+    shares = {key: gap_shares(res) for key, res in columns.items()}
+    rows = list(dict.fromkeys(row for s in shares.values() for row in s))
+    heads = [f"{k[1].upper()}→{k[2].upper()} ({len(columns[k]['seeds'])} seed{'s' * (len(columns[k]['seeds']) > 1)})"
+             for k in columns]
+    lines = ["Share of the source-only → target-only gap in average DSC closed (%):", "",
+             "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for row in rows:
+        cells = [f"{100 * shares[k][row]:.0f}" if row in shares[k] else "–" for k in columns]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "Source only → target only, average DSC (%): " + "; ".join(
+        f"{h}: {_row_dice(columns[k], SOURCE_ONLY)} → {_row_dice(columns[k], TARGET_ONLY)}"
+        for h, k in zip(heads, columns))]
+    return "\n".join(lines) + "\n"
+
+
+def _row_dice(results: dict[str, Any], row: str) -> str:
+    agg = _aggregate(results["runs"], row)
+    return f"{100 * agg['average']['dice_mean']:.1f}" if agg else "–"
+
+
 def merge_results(paths: list[str | Path]) -> dict[str, Any]:
     """Combine ``results.json`` files of one comparison run in parts (e.g. seeds on different machines).
 
@@ -295,19 +365,35 @@ def merge_results(paths: list[str | Path]) -> dict[str, Any]:
     return merged
 
 
+PLANES = ("transverse", "coronal", "sagittal")
+
+
+def plane_slices(volume: np.ndarray, centre: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """The three orthogonal planes of a (z, y, x) volume through ``centre``; shown with superior/anterior up."""
+    z, y, x = centre
+    return {"transverse": volume[z], "coronal": volume[:, y, :], "sagittal": volume[:, :, x]}
+
+
 def make_figure(case: Case, sequence: str, seed_dir: Path, results: dict[str, Any], path: Path, device) -> Path:
-    """One test case's target slice with the ground truth and each method's prediction, side by side."""
+    """One test case in three planes through its tumour (the paper's Fig. 3): the target image, the ground truth
+    and each method's prediction, one row per plane."""
     image = load_images(case, [sequence])[sequence]
     ref = load_labels(case).data
-    k = int(np.argmax((ref > 0).sum(axis=(1, 2))))
-    panels = [("image", label_overlay(image.data[k], None)), ("ground truth", label_overlay(image.data[k], ref[k]))]
+    tumour = np.argwhere(ref > 0)
+    centre = tuple(int(v) for v in (np.median(tumour, axis=0) if len(tumour) else np.asarray(ref.shape) // 2))
+    columns = [("image", None), ("ground truth", ref)]
     for row in dict.fromkeys(r["row"] for r in results["runs"] if r["seed"] == results["seeds"][0]):
         bundle_path = seed_dir / f"{_slug(row)}.safetensors"
         if bundle_path.exists():
-            seg = segment_volume(load_bundle(bundle_path), image, device=device, with_attention=False)
-            panels.append((row, label_overlay(image.data[k], seg.labels[k])))
-    return save_png(tile(panels), path)
+            bundle = load_bundle(bundle_path)
+            if len(bundle.sequences) == 1:      # the four-sequence upper bound is not drawn on one sequence
+                columns.append((row, segment_volume(bundle, image, device=device, with_attention=False).labels))
+    images = plane_slices(image.data, centre)
+    panels = [(f"{plane}: {title}", label_overlay(images[plane], None if labels is None
+                                                   else plane_slices(labels, centre)[plane]))
+              for plane in PLANES for title, labels in columns]
+    return save_png(tile(panels, columns=len(columns)), path)
 
 
 def _slug(row: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in row.lower()).strip("_")
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in row.lower()).strip("_")

@@ -239,9 +239,22 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     acfg = AdaptConfig(**({"steps": args.steps} if args.steps else {}))
     results = run_benchmark(args.data, args.source, args.target, args.out, seeds=tuple(args.seeds),
                             rows=tuple(args.methods) if args.methods else None, train_config=tcfg, adapt_config=acfg,
-                            device=args.device, progress=TextProgress(), resume=args.resume)
+                            lambda_gtl=tuple(args.lambda_gtl), device=args.device, progress=TextProgress(),
+                            resume=args.resume)
     print((Path(args.out) / "results.md").read_text())
     print(f"benchmark took {results['seconds']:.0f} s; wrote {args.out}/results.md, results.json, figure.png")
+    return 0
+
+
+def _cmd_gap_matrix(args: argparse.Namespace) -> int:
+    from bigl._fs import atomic_path, check_output
+    from bigl.benchmark import gap_matrix_markdown
+
+    out = check_output(args.out, suffix=".md", overwrite=args.overwrite, what="gap matrix")
+    text = gap_matrix_markdown(args.results)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text)
+    print(text)
     return 0
 
 
@@ -350,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-data", required=True, help="target dataset folder (only images are read, never labels)")
     p.add_argument("--target-modality", required=True, choices=SEQUENCES)
     p.add_argument("--out", required=True, help="adapted bundle to write (.safetensors)")
-    p.add_argument("--method", default="bigl", choices=("bigl", "adaptseg", "translate", "cycada", "source-only"))
+    p.add_argument("--method", default="bigl", choices=("bigl", "adaptseg", "translate", "cycada", "sifa", "source-only"))
     p.add_argument("--self-train", action="store_true", help="add pseudo-label self-training after alignment")
     p.add_argument("--steps", type=_positive_int, default=None, help="alignment steps (default from AdaptConfig)")
     _data_options(p)
@@ -365,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=None, metavar="KEY",
                    help="rows to run (default all): source-only adaptseg translate cycada bigl-out bigl-out-feat "
-                        "bigl bigl-st bigl-paper target-only")
+                        "bigl bigl-st bigl-paper sifa target-only source-only-contrast target-only-multi")
+    p.add_argument("--lambda-gtl", type=float, nargs="+", default=(), metavar="W",
+                   help="also run BiGL once per feature/attention weight W (the paper's Table 5), e.g. 0.02 0.1 0.5")
     p.add_argument("--steps", type=_positive_int, default=None, help="alignment steps per method")
     p.add_argument("--train-steps", type=_positive_int, default=None, help="supervised steps for source/target-only models")
     p.add_argument("--resume", action="store_true",
@@ -373,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "settings) and add the rows run now to its results")
     _common(p)
     p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("gap-matrix", help="a table of the share of the gap each method closes, one column per "
+                                          "direction, from `bigl benchmark` results.json files")
+    p.add_argument("results", nargs="+", help="results.json files written by `bigl benchmark` (any directions)")
+    p.add_argument("--out", required=True, help="markdown file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_gap_matrix)
 
     p = sub.add_parser("merge-results", help="combine benchmark results.json files (e.g. seeds run apart) "
                                               "into one table")

@@ -36,7 +36,7 @@ def translate_volume(bundle: Bundle, volume: Volume | np.ndarray, *, device: str
     if generator is None:
         where = f"{bundle.path}: " if bundle.path is not None else ""
         raise BiglError(f"{where}this model bundle has no translator G_t→s (it was not made by adaptation with "
-                        "method bigl, translate or cycada); adapt it first (`bigl adapt` or 'Adapt to this "
+                        "method bigl, translate, cycada or sifa); adapt it first (`bigl adapt` or 'Adapt to this "
                         "modality' in napari)")
     data = volume.data if isinstance(volume, Volume) else np.asarray(volume)
     if data.ndim != 3:

@@ -57,7 +57,7 @@ def test_one_step_changes_segmenter_and_discriminators(tiny_bundle_path, split, 
 
 
 @pytest.mark.parametrize("method,expected_disc", [("adaptseg", {"out"}), ("cycada", {"out"}),
-                                                   ("bigl-output", set())])
+                                                   ("sifa", {"out", "feat_t"}), ("bigl-output", set())])
 def test_baselines_and_ablations_build_the_right_discriminators(method, expected_disc, tiny_bundle_path):
     from bigl.adapt.alignment import _alignment_discriminators
 
@@ -80,7 +80,7 @@ def test_adapted_bundle_segments_target_without_warning(tiny_bundle_path, split,
     assert not [w for w in recwarn if "Adapt" in str(w.message)]
 
 
-@pytest.mark.parametrize("method", ["translate", "source-only", "adaptseg", "cycada"])
+@pytest.mark.parametrize("method", ["translate", "source-only", "adaptseg", "cycada", "sifa"])
 def test_every_method_runs(method, tiny_bundle_path, split):
     res = adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "t2", _cfg(method=method), device="cpu")
     assert res.bundle.sequences == ("t2",)
@@ -88,7 +88,7 @@ def test_every_method_runs(method, tiny_bundle_path, split):
     # G_t→s, the others segment directly
     expected = {"translate": "translate"}.get(method, "direct")
     assert res.bundle.inference == expected
-    if method in ("adaptseg", "cycada"):  # selected by negative entropy (< 0), not by agreement (>= 0)
+    if method in ("adaptseg", "cycada", "sifa"):  # selected by negative entropy (< 0), not by agreement (>= 0)
         assert res.snapshots and all(s.score < 0 for s in res.snapshots)
 
 
@@ -288,6 +288,32 @@ def test_anchor_and_translated_source_loss_are_switchable(tiny_bundle_path, spli
     adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, lambda_anchor=0.0, lambda_seg_s2t=1.0), device="cpu")
     terms, teacher = seen[-1]
     assert "anchor" not in terms and terms["seg_s2t"] > 0 and teacher is None
+
+
+def test_sifa_learns_from_translated_source_and_aligns_features_and_outputs(tiny_bundle_path, split, monkeypatch):
+    from bigl.adapt import alignment, driver
+
+    seen, made = [], {}
+    real_step, real_disc = driver.alignment_step, alignment._alignment_discriminators
+
+    def disc_spy(*args):
+        made["disc"] = real_disc(*args)
+        made["before"] = {k: v.clone() for k, v in made["disc"].state_dict().items()}
+        return made["disc"]
+
+    monkeypatch.setattr(driver, "alignment_step", lambda *args: seen.append(real_step(*args)) or seen[-1])
+    monkeypatch.setattr(alignment, "_alignment_discriminators", disc_spy)
+    adapt(load_bundle(tiny_bundle_path), split[0], "t1", split[1], "t2", _cfg(steps=2, method="sifa"), device="cpu")
+    disc, before = made["disc"], made["before"]
+    assert set(disc) == {"out", "feat_t"}
+    terms = seen[-1]
+    # labels reach Φ only through x_s→t (image alignment); no anchor, no output consistency (BiGL's terms)
+    assert terms["seg_s2t"] > 0 and "seg_s" not in terms and "anchor" not in terms and "out" not in terms
+    assert terms["adv"] > 0 and terms["disc"] > 0
+    for name in ("out", "feat_t"):
+        assert any(not torch.equal(before[k], v) for k, v in disc.state_dict().items() if k.startswith(name))
+    cfg = AdaptConfig(lambda_gtl=0.3, lambda_adv_out=0.002)
+    assert alignment._adversarial_weight("feat_t", cfg) == 0.3 and alignment._adversarial_weight("out", cfg) == 0.002
 
 
 def test_anchor_teacher_follows_the_segmenter_with_anchor_ema(tiny_bundle_path, split, monkeypatch):

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from bigl.adapt import AdaptConfig, TranslatorTrainConfig
-from bigl.benchmark import ROWS, bundled_suffix, results_markdown, run_benchmark, split_dataset
+from bigl.benchmark import (
+    ROWS,
+    bundled_suffix,
+    gap_matrix_markdown,
+    gtl_row,
+    plane_slices,
+    results_markdown,
+    run_benchmark,
+    split_dataset,
+)
 from bigl.errors import BiglError
 from bigl.io import list_cases
 from bigl.models.segmenter import SegmenterConfig
@@ -71,6 +80,67 @@ def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
                       train_config=replace(tcfg, steps=3), adapt_config=acfg, device="cpu", resume=True)
     with pytest.raises(BiglError, match="t1 → t2 on"):
         run_benchmark(tmp_path / "data", "t2", "t1", tmp_path / "out", rows=("bigl",), device="cpu", resume=True)
+
+
+def test_new_rows_lambda_sweep_and_three_plane_figure(tmp_path):
+    from PIL import Image
+
+    from bigl.benchmark import _slug
+    from bigl.checkpoint import load_bundle
+
+    write_dataset(tmp_path / "data", n_cases=6, seed=2, preset="tiny")
+    tcfg = TrainConfig(steps=2, batch_size=2, val_every=2, segmenter=SegmenterConfig(widths=(8, 16, 32)))
+    acfg = AdaptConfig(steps=1, batch_size=2, checkpoint_every=1, selection_volumes=1,
+                       translator=TranslatorTrainConfig(steps=1, batch_size=1,
+                                                        translator=TranslatorConfig(width=8, n_res_blocks=1)))
+    rows = ("source-only", "source-only-contrast", "sifa", "target-only", "target-only-multi")
+    res = run_benchmark(tmp_path / "data", "t1", "t2", tmp_path / "out", rows=rows, train_config=tcfg,
+                        adapt_config=acfg, lambda_gtl=(0.02, 0.5), device="cpu")
+    names = [r["row"] for r in res["runs"]]
+    assert names[:5] == [ROWS[k][0] for k in rows]
+    assert names[5] == gtl_row(0.02) and names[7] == gtl_row(0.5)       # each BiGL run adds its as-bundled row
+    seed_dir = tmp_path / "out" / "seed0"
+    gin = load_bundle(seed_dir / "source_t1_gin.safetensors")
+    assert gin.provenance["config"]["augmentation"]["contrast_method"] == "gin"
+    multi = load_bundle(seed_dir / "target_multi.safetensors")
+    assert multi.sequences == ("t1", "t1ce", "t2", "flair")
+    assert load_bundle(seed_dir / f"{_slug(gtl_row(0.02))}.safetensors").provenance["config"]["lambda_gtl"] == 0.02
+    assert load_bundle(seed_dir / f"{_slug(ROWS['sifa'][0])}.safetensors").provenance["method"] == "sifa"
+    # the figure: three planes (rows) x (image, ground truth, every single-sequence row's model)
+    fig = Image.open(tmp_path / "out" / "figure.png")
+    single = len([n for n in dict.fromkeys(names) if n != ROWS["target-only-multi"][0]])
+    assert fig.height > 2.5 * fig.width / (2 + single)
+
+
+def test_plane_slices_cut_through_the_centre():
+    vol = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    planes = plane_slices(vol, (1, 2, 3))
+    assert planes["transverse"].shape == (5, 6) and planes["coronal"].shape == (4, 6)
+    assert planes["sagittal"].shape == (4, 5)
+    assert planes["transverse"][2, 3] == planes["coronal"][1, 3] == planes["sagittal"][1, 2] == vol[1, 2, 3]
+
+
+def test_gap_matrix_has_one_column_per_direction(tmp_path):
+    import json
+
+    from bigl.cli import main
+
+    def part(name, target, seed, dice):
+        runs = [{"row": ROWS[k][0], "seed": seed, "seconds": 1.0, "summary": _summary(d)}
+                for k, d in (("source-only", 0.1), ("translate", 0.4), ("bigl", dice), ("target-only", 0.7))]
+        path = tmp_path / name / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"data": "d", "source": "t1", "target": target, "seeds": [seed], "runs": runs}))
+        return str(path)
+
+    paths = [part("a", "t2", 0, 0.55), part("b", "t2", 1, 0.65), part("c", "flair", 0, 0.25)]
+    md = gap_matrix_markdown(paths)
+    assert "| method | T1→T2 (2 seeds) | T1→FLAIR (1 seed) |" in md
+    assert "| BiGL: output + feature + attention | 83 | 25 |" in md      # (0.6 - 0.1) / 0.6 and (0.25 - 0.1) / 0.6
+    assert "| Translate only | 50 | 50 |" in md
+    out = tmp_path / "matrix.md"
+    assert main(["gap-matrix", *paths, "--out", str(out)]) == 0 and "T1→FLAIR" in out.read_text()
+    assert main(["gap-matrix", *paths, "--out", str(out)]) == 2          # never overwritten silently
 
 
 def test_merge_results_averages_seeds_run_apart(tmp_path):

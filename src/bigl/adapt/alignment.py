@@ -2,7 +2,9 @@
 
 BiGL aligns features and position/channel attention maps (D^Feat, D^Pos, D^Cha, both sides) and adds the
 output consistency L_out; the AdaptSegNet and CyCADA baselines align softmax outputs with one PatchGAN
-discriminator (CyCADA on x_s→t instead of x_s).
+discriminator (CyCADA on x_s→t instead of x_s). The SIFA-style baseline learns from x_s→t with labels like
+CyCADA and aligns both Φ's encoder features and its outputs between x_s→t and x_t (docs/adaptation.md says
+where it differs from SIFA).
 """
 
 from __future__ import annotations
@@ -36,9 +38,16 @@ def _alignment_discriminators(seg: DualAttentionUNet, cfg: AdaptConfig, device: 
             for side in ("s", "t"):
                 disc[f"pos_{side}"] = AttentionDiscriminator(AlignmentDiscriminatorConfig(in_channels=1))
                 disc[f"cha_{side}"] = AttentionDiscriminator(AlignmentDiscriminatorConfig(in_channels=1))
-    elif cfg.method in ("adaptseg", "cycada"):
+    elif cfg.method in ("adaptseg", "cycada", "sifa"):
         disc["out"] = PatchDiscriminator(PatchDiscriminatorConfig(in_channels=k, width=32, norm="none"))
+        if cfg.method == "sifa":
+            disc["feat_t"] = FeatureDiscriminator(AlignmentDiscriminatorConfig(in_channels=c))
     return nn.ModuleDict(disc).to(device)
+
+
+def _adversarial_weight(name: str, cfg: AdaptConfig) -> float:
+    """Feature and attention discriminators weigh λ_gtl (BiGL's and the SIFA-style one alike); output ones λ_adv."""
+    return cfg.lambda_adv_out if name == "out" else cfg.lambda_gtl
 
 
 def _pairs(outs: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -56,8 +65,11 @@ def _pairs(outs: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _output_pairs(outs: dict[str, Any], method: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    lab = outs["s2t"] if method == "cycada" else outs["s"]
-    return {"out": (torch.softmax(lab.logits, 1), torch.softmax(outs["t"].logits, 1))}
+    lab = outs["s2t"] if method in ("cycada", "sifa") else outs["s"]
+    pairs = {"out": (torch.softmax(lab.logits, 1), torch.softmax(outs["t"].logits, 1))}
+    if method == "sifa":
+        pairs["feat_t"] = (outs["s2t"].feature, outs["t"].feature)
+    return pairs
 
 
 def alignment_setup(seg: DualAttentionUNet, cfg: AdaptConfig, device: torch.device):
@@ -83,11 +95,11 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
     mt = _masks(xt)
     streams = {"s": xs}
     with torch.no_grad():
-        if cfg.method in ("bigl", "cycada"):
+        if cfg.method in ("bigl", "cycada", "sifa"):
             streams["s2t"] = source_to_target(g_s2t, xs, ys)
         if cfg.method == "bigl" or pseudo is not None:
             streams["t2s"] = g_t2s(xt, mt)
-    if cfg.method == "cycada":
+    if cfg.method in ("cycada", "sifa"):
         del streams["s"]
     streams["t"] = xt
     names = list(streams)
@@ -114,10 +126,10 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
             soft = torch.softmax(teacher(streams["t2s"]), 1)
         terms["anchor"] = cfg.lambda_anchor * sum(distillation_loss(outs[n].logits, soft, mt) for n in ("t", "t2s"))
     pairs = _pairs(outs) if cfg.method == "bigl" else _output_pairs(outs, cfg.method)
-    weight = cfg.lambda_gtl if cfg.method == "bigl" else cfg.lambda_adv_out
-    adv = [adversarial_loss(distributed.unwrap(disc[name])(pairs[name][1]), True) for name in disc]  # frozen
+    adv = [_adversarial_weight(name, cfg) * adversarial_loss(distributed.unwrap(disc[name])(pairs[name][1]), True)
+           for name in disc]  # frozen
     if adv:
-        terms["adv"] = ramp * weight * sum(adv)
+        terms["adv"] = ramp * sum(adv)
     loss = sum(terms.values())
     amp = distributed.precision(xs.device)
     opt_seg.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ from bigl.errors import BiglError
 from bigl.models.discriminators import PatchDiscriminatorConfig
 from bigl.models.translator import TranslatorConfig
 
-METHODS = ("bigl", "adaptseg", "translate", "cycada", "source-only")
+METHODS = ("bigl", "adaptseg", "translate", "cycada", "sifa", "source-only")
 
 
 @dataclass

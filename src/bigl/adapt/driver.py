@@ -126,7 +126,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     g_s2t = g_t2s = None
     if translators is not None:
         g_s2t, g_t2s = translators
-    elif cfg.method in ("bigl", "translate", "cycada") or cfg.self_train:
+    elif cfg.method in ("bigl", "translate", "cycada", "sifa") or cfg.self_train:
         g_s2t, g_t2s = train_translator(src, tgt, patch, cfg.translator, rng, dev, progress, cancel,
                                         segmenter=seg, workers=cfg.workers)
     sel_vols = tgt[:cfg.selection_volumes]
@@ -187,7 +187,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     run("align", cfg.steps, None, 0)
     if cfg.self_train:
         if g_t2s is None:
-            raise BiglError("self-training needs the translator (methods bigl or cycada)")
+            raise BiglError("self-training needs the translator (methods bigl, cycada or sifa)")
         for r in range(cfg.self_train_rounds):
             _load_best(seg, snapshots, cfg.select)
             kept.load_state_dict(seg.state_dict())
