@@ -107,7 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       weight_ema=args.weight_ema,
                       segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices))
     result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
-                   progress=TextProgress(), cache_dir=args.cache_dir)
+                   progress=TextProgress(), cache_dir=args.cache_dir, init=args.init)
     if not _main_process():
         return 0
     print(f"trained {'+'.join(args.modality)} segmenter in {result.seconds:.0f} s; best validation mean Dice "
@@ -323,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-ema", type=float, default=TRAIN_DEFAULTS.weight_ema, metavar="M",
                    help="validate and save a moving average of the weights with momentum M (0: the weights)")
     p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="fine-tune: start from this bundle's network (its architecture; as many input channels)")
     _data_options(p)
     _common(p, seed=True)
     p.set_defaults(func=_cmd_train)

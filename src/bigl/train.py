@@ -156,8 +156,11 @@ def _sequences(sequences: str | Sequence[str]) -> tuple[str, ...]:
 def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: str | Path,
           config: TrainConfig | None = None, *, device: str | torch.device = "auto", overwrite: bool = False,
           progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-          cache_dir: str | Path | None = None) -> TrainResult:
+          cache_dir: str | Path | None = None, init: str | Path | Bundle | None = None) -> TrainResult:
     """Train a segmenter on ``sequences`` (one, or several as input channels) of a labelled dataset.
+
+    ``init``: start from this bundle's network (fine-tuning; its architecture replaces
+    ``config.segmenter`` and must read as many input channels as ``sequences`` give).
 
     The best model by validation Dice (with fewer than ``MIN_SELECTION_CASES``
     validation cases: the last) goes to ``out`` (must end in
@@ -170,6 +173,14 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     """
     cfg = config or TrainConfig()
     seqs = _sequences(sequences)
+    start = init if isinstance(init, Bundle) or init is None else load_bundle(init)
+    if start is not None:
+        channels = len(seqs) * (2 * start.segmenter.config.context_slices + 1)
+        if start.segmenter.config.in_channels != channels:
+            raise BiglError(f"{start.path or 'the initial model'} reads {start.segmenter.config.in_channels} input "
+                            f"channel(s) ({', '.join(start.sequences)}); training on {', '.join(seqs)} needs "
+                            f"{channels}: start from a model of as many sequences, or leave out --init")
+        cfg = replace(cfg, segmenter=start.segmenter.config)
     out = Path(out)
     last_out = out.with_name(out.stem + ".last.safetensors")
     for p in (out, last_out):
@@ -208,6 +219,8 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     context = cfg.segmenter.context_slices
     seg_cfg = replace(cfg.segmenter, in_channels=len(seqs) * (2 * context + 1))
     model = DualAttentionUNet(seg_cfg).to(dev)
+    if start is not None:
+        model.load_state_dict(start.segmenter.state_dict())
     patch = patch_size_for(train_vols, model.stride)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     net = distributed.wrap(model, ddp)           # trains; `model` (the same weights) validates and is saved
@@ -219,7 +232,8 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     provenance = {"command": "train", "data": str(data if not isinstance(data, list) else cases[0].path.parent),
                   "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
                   "sequences": list(seqs), "config": jsonable(asdict(replace(cfg, segmenter=seg_cfg))),
-                  "device": str(dev), "world_size": ddp.world_size}
+                  "device": str(dev), "world_size": ddp.world_size,
+                  "init": None if start is None else str(start.path or "a bundle in memory")}
 
     def make_bundle(step: int, metrics: dict[str, float]) -> Bundle:
         return Bundle(segmenter=kept, sequences=seqs, patch_size=patch, normalization=normalization,

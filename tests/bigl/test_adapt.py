@@ -235,21 +235,40 @@ def test_prediction_agreement_ignores_regions_neither_predicts():
     assert prediction_agreement([(a, c)]) == pytest.approx((1.0 + 0.0) / 2)
 
 
-def test_pseudo_labels_ignore_disagreement(tiny_bundle_path, split):
+def test_pseudo_labels_follow_the_bundles_view_confidence_and_lesion_size(tiny_bundle_path, split):
+    from dataclasses import replace
+
+    from bigl.adapt.selection import _predict_pair
+    from bigl.infer import remove_small_lesions
+    from bigl.preprocess import classes_to_labels
     from bigl.train import load_prepared
 
     bundle = load_bundle(tiny_bundle_path)
-    vols = load_prepared(split[1], "t2", labels=False)
+    vols = [replace(v, spacing=(4.0, 4.0, 4.0)) for v in load_prepared(split[1], "t2", labels=False)]
+    cpu = torch.device("cpu")
 
-    class Flip(torch.nn.Module):   # a "translator" that makes Φ(x_t→s) disagree everywhere in the brain
+    class Flip(torch.nn.Module):   # a "translator" whose Φ(x_t→s) differs from Φ(x_t)
         stride = 1
 
         def forward(self, x, mask=None):
             return -x
 
-    strict = pseudo_labels(bundle.segmenter, Flip(), vols, threshold=1.01, device=torch.device("cpu"))
+    for inference in ("direct", "translate", "ensemble"):
+        labelled = pseudo_labels(bundle.segmenter, Flip(), vols, threshold=0.0, device=cpu, inference=inference,
+                                 min_lesion_ml=0.1)
+        for v, lab in zip(vols, labelled):
+            p_t, p_t2s = _predict_pair(bundle.segmenter, Flip(), v, cpu)
+            p = {"direct": p_t, "translate": p_t2s, "ensemble": 0.5 * (p_t + p_t2s)}[inference]
+            want = np.where(remove_small_lesions(classes_to_labels(p.argmax(0)), v.spacing, 0.1) > 0, p.argmax(0), 0)
+            assert np.array_equal(lab.target[v.mask], want[v.mask]) and (lab.target[~v.mask] == 0).all()
+    strict = pseudo_labels(bundle.segmenter, Flip(), vols, threshold=1.01, device=cpu)
     assert all((v.target[v.mask] == -1).all() for v in strict)
     assert all((v.target[~v.mask] == 0).all() for v in strict)
+    # every whole-tumour component under the size floor becomes background
+    no_floor = pseudo_labels(bundle.segmenter, Flip(), vols, threshold=0.0, device=cpu, min_lesion_ml=0.0)
+    assert any((v.target > 0).any() for v in no_floor)    # the untrained model predicts some "tumour"
+    huge_floor = pseudo_labels(bundle.segmenter, Flip(), vols, threshold=0.0, device=cpu, min_lesion_ml=1e9)
+    assert all((v.target[v.mask] == 0).all() for v in huge_floor)
 
 
 def test_bad_config_and_inputs(tiny_bundle_path, split):

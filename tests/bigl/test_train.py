@@ -51,6 +51,37 @@ def test_weight_average_is_what_gets_validated_and_saved(tiny_dataset, tmp_path)
         TrainConfig(weight_ema=1.0)
 
 
+def test_init_fine_tunes_from_a_bundle(tiny_dataset, tmp_path, monkeypatch):
+    from bigl.cli import main
+
+    first = train(tiny_dataset, "t1", tmp_path / "a.safetensors", TrainConfig(steps=3, **SMALL), device="cpu")
+    start = load_bundle(first.last_path).segmenter.state_dict()
+    seen = {}
+    real = bigl.train.DualAttentionUNet.load_state_dict
+
+    def spy(self, state, *a, **k):      # the weights the fine-tuning starts from
+        seen.setdefault("state", {k_: v.clone() for k_, v in state.items()})
+        return real(self, state, *a, **k)
+
+    monkeypatch.setattr(bigl.train.DualAttentionUNet, "load_state_dict", spy)
+    # the initial model's architecture wins over the config's (widths 8-16-32, not the default 16-...-128)
+    res = train(tiny_dataset, "t2", tmp_path / "b.safetensors", TrainConfig(steps=2, batch_size=4, val_every=2),
+                device="cpu", init=first.last_path)
+    assert all(torch.equal(seen["state"][k], v) for k, v in start.items())
+    tuned = load_bundle(res.last_path)
+    assert tuned.segmenter.config.widths == (8, 16, 32) and tuned.sequences == ("t2",)
+    assert tuned.provenance["init"] == str(first.last_path)
+    assert any(not torch.equal(start[k], v) for k, v in tuned.segmenter.state_dict().items()
+               if v.is_floating_point())
+    with pytest.raises(BiglError, match="input channel"):
+        train(tiny_dataset, ["t1", "t2"], tmp_path / "c.safetensors", TrainConfig(steps=1, **SMALL), device="cpu",
+              init=first.last_path)
+    monkeypatch.undo()
+    assert main(["train", "--data", str(tiny_dataset), "--modality", "t2", "--out", str(tmp_path / "d.safetensors"),
+                 "--steps", "1", "--init", str(first.last_path)]) == 0
+    assert load_bundle(tmp_path / "d.safetensors").provenance["init"] == str(first.last_path)
+
+
 def test_training_is_reproducible(tiny_dataset, tmp_path):
     a = train(tiny_dataset, "t1", tmp_path / "a.safetensors", TrainConfig(steps=3, **SMALL), device="cpu")
     b = train(tiny_dataset, "t1", tmp_path / "b.safetensors", TrainConfig(steps=3, **SMALL), device="cpu")

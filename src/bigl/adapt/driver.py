@@ -167,7 +167,9 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
                            n_batches=steps, seed=(cfg.seed, step0, which, ddp.rank), tumour_fraction=fraction,
                            jitter=cfg.jitter, augment=True, workers=cfg.workers, device=dev)
 
-        source_it, target_it = stream(src, cfg.tumour_fraction, 0), stream(pseudo_vols or tgt, 0.0, 1)
+        # target slices: uniform over the brain, or, with pseudo-labels, a share from pseudo-tumour slices
+        source_it = stream(src, cfg.tumour_fraction, 0)
+        target_it = stream(pseudo_vols, cfg.tumour_fraction, 1) if pseudo_vols else stream(tgt, 0.0, 1)
         with closing(source_it), closing(target_it):
             for step, ((xs, ys), (xt, yt)) in enumerate(zip(source_it, target_it), start=1):
                 poly_lr(opt_seg, cfg.lr, step - 1, steps, cfg.lr_power)
@@ -191,7 +193,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
         for r in range(cfg.self_train_rounds):
             _load_best(seg, snapshots, cfg.select)
             kept.load_state_dict(seg.state_dict())
-            plabeled = pseudo_labels(seg, g_t2s, tgt, cfg.pseudo_threshold, dev)
+            plabeled = pseudo_labels(seg, g_t2s, tgt, cfg.pseudo_threshold, dev, inference=inference)
             covered = float(np.mean([(v.target >= 0)[v.mask].mean() for v in plabeled]))
             log.info("self-training round %d: %.1f %% of target brain voxels pseudo-labelled", r + 1, 100 * covered)
             history.append({"step": cfg.steps + r * cfg.self_train_steps, "pseudo_coverage": covered})

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bigl.data.cache import with_target
-from bigl.infer import predict_prepared
+from bigl.infer import MIN_LESION_ML, predict_prepared, remove_small_lesions
 from bigl.metrics import REGIONS, region_mask
 from bigl.models.segmenter import DualAttentionUNet
 from bigl.models.translator import Generator
@@ -74,15 +74,24 @@ def selection_score(seg: DualAttentionUNet, g_t2s: Generator | None, vols: list[
 
 
 def pseudo_labels(seg: DualAttentionUNet, g_t2s: Generator, vols: list[PreparedVolume], threshold: float,
-                  device) -> list[PreparedVolume]:
-    """Target volumes labelled where Φ(x_t) and Φ(x_t→s) agree with mean confidence >= threshold, else -1 (ignored)."""
+                  device, inference: str = "translate", min_lesion_ml: float = MIN_LESION_ML) -> list[PreparedVolume]:
+    """Target volumes labelled by the adapted model as its bundle segments, filtered (crossMoDA-style).
+
+    The label of a voxel is the argmax of ``inference``'s softmax (``"direct"`` Φ(x_t), ``"translate"``
+    Φ(x_t→s), ``"ensemble"`` their mean); voxels under ``threshold`` confidence are -1 (ignored by the loss),
+    and whole-tumour components under ``min_lesion_ml`` become background, as :func:`bigl.infer.segment_volume`
+    removes them. Requiring Φ(x_t) and Φ(x_t→s) to agree instead (the previous rule) left almost no tumour
+    while Φ(x_t) is the weaker view (docs/adaptation.md).
+    """
     out = []
     for v in vols:
         p_t, p_t2s = _predict_pair(seg, g_t2s, v, device)
-        mean = 0.5 * (p_t + p_t2s)
-        lab = mean.argmax(0)
-        keep = (p_t.argmax(0) == p_t2s.argmax(0)) & (mean.max(0) >= threshold) & v.mask
-        target = np.where(keep, lab, -1).astype(np.int64)
+        p = {"direct": p_t, "translate": p_t2s, "ensemble": 0.5 * (p_t + p_t2s)}[inference]
+        classes = p.argmax(0)
+        if v.spacing is not None:
+            kept = remove_small_lesions(classes_to_labels(classes), v.spacing, min_lesion_ml) > 0
+            classes = np.where(kept, classes, 0)
+        target = np.where((p.max(0) >= threshold) & v.mask, classes, -1).astype(np.int64)
         target[~v.mask] = 0
         out.append(with_target(v, target))
     return out
