@@ -3,7 +3,8 @@
 Runs the screening of :func:`bigl.adapt.train_translator` exactly as `bigl adapt`
 does (same seed, same starts), stopping when the chosen start would continue,
 and prints one JSON line per start: its ``translation_distance`` (what the
-method uses, no target labels) and, as an outside check the method never sees,
+method uses, no target labels; more starts are screened while none is clearly under the identity
+map's distance, printed last) and, as an outside check the method never sees,
 the correlation of G_t→s's output with its input inside the brain (about −1 when
 T2's contrast is inverted into T1's, +1 for a near-identity map).
 
@@ -54,18 +55,26 @@ def main() -> None:
         print(json.dumps(scored[-1]), flush=True)
         return d
 
+    floor = []
+    original_floor = A.translator_stage.identity_distance
+
+    def identity(xs, xt):
+        floor.append(original_floor(xs, xt))
+        return floor[-1]
+
     rng = seed_everything(args.seed)
     screen = min(cfg.screen_steps, cfg.steps)
     # the steps after screening only train the chosen start further: not needed to see the choice
     cfg = replace(cfg, steps=screen)
-    A.translator_stage.translation_distance = distance
+    A.translator_stage.translation_distance, A.translator_stage.identity_distance = distance, identity
     try:
         A.train_translator(src, tgt, patch_size_for(src + tgt, seg.stride), cfg, rng, torch.device("cpu"),
                            segmenter=seg)
     finally:
-        A.translator_stage.translation_distance = original
+        A.translator_stage.translation_distance, A.translator_stage.identity_distance = original, original_floor
     best = min(scored, key=lambda r: r["distance"])
-    print(json.dumps({"chosen_start": best["start"], "after_steps": screen}))
+    print(json.dumps({"chosen_start": best["start"], "after_steps": screen, "starts": len(scored),
+                      "identity_distance": round(floor[0], 4)}))
 
 
 if __name__ == "__main__":

@@ -177,12 +177,49 @@ def test_translator_starts_are_screened_and_the_closest_one_continues(tiny_bundl
         return next(scores)
 
     monkeypatch.setattr(translator_stage, "translation_distance", distance)   # what train_translator calls
+    monkeypatch.setattr(translator_stage, "identity_distance", lambda xs, xt: 10.0)   # every start learnt
     steps = []
     cfg = replace(TINY_TRANSLATOR, steps=4, starts=3, screen_steps=1)
     _, g_t2s = translator_stage.train_translator(src, tgt, patch, cfg, np.random.default_rng(0), torch.device("cpu"),
                                                  progress=lambda p: steps.append((p.step, p.total)), segmenter=seg)
     assert len(seen) == 3 and g_t2s is seen[1]
     assert steps == [(i, 6) for i in range(1, 7)]   # 3 starts x 1 screening step + 3 more for the chosen one
+
+
+def test_more_starts_are_screened_while_none_beats_the_identity_map(tiny_bundle_path, split, monkeypatch, recwarn):
+    from dataclasses import replace
+
+    from bigl.adapt import translator_stage
+    from bigl.preprocess import patch_size_for
+    from bigl.train import load_prepared
+
+    seg = load_bundle(tiny_bundle_path).segmenter
+    src, tgt = load_prepared(split[0], "t1", labels=True), load_prepared(split[1], "t2", labels=False)
+    patch = patch_size_for(src + tgt, seg.stride)
+    seen = []
+
+    def run(scores, max_starts):
+        seen.clear()
+        it = iter(scores)
+        monkeypatch.setattr(translator_stage, "translation_distance", lambda g_s2t, g_t2s, *b: seen.append(g_t2s)
+                            or next(it))
+        steps = []
+        cfg = replace(TINY_TRANSLATOR, steps=2, starts=2, screen_steps=1, max_starts=max_starts)
+        _, g_t2s = translator_stage.train_translator(src, tgt, patch, cfg, np.random.default_rng(0),
+                                                     torch.device("cpu"), segmenter=seg,
+                                                     progress=lambda p: steps.append((p.step, p.total)))
+        return g_t2s, steps
+
+    monkeypatch.setattr(translator_stage, "identity_distance", lambda xs, xt: 1.0)   # "learnt": under 0.8
+    g_t2s, steps = run([0.95, 0.9, 0.85, 0.5, 0.1], max_starts=6)
+    assert len(seen) == 4 and g_t2s is seen[3]          # the fourth start beat the identity map: screening stops
+    assert steps[-1] == (5, 5)                          # 4 screening steps + 1 more for the chosen one
+    assert not [w for w in recwarn if "learnt little" in str(w.message)]
+    g_t2s, _ = run([0.95, 0.9, 0.85], max_starts=3)     # none did: the closest one, and a warning
+    assert len(seen) == 3 and g_t2s is seen[2]
+    assert [w for w in recwarn if "learnt little" in str(w.message)]
+    with pytest.raises(BiglError, match="max_starts"):
+        TranslatorTrainConfig(starts=4, max_starts=2)
 
 
 def test_flipped_start_and_translation_distance_on_known_generators():

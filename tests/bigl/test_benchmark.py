@@ -203,13 +203,15 @@ def test_translator_starts_script_prints_every_start_and_the_choice(tmp_path, ti
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "translator_starts.py"
     out = subprocess.run([sys.executable, str(script), "--model", str(tiny_bundle_path), "--data",
                           str(tmp_path / "data"), "--source", "t1", "--target", "t2", "--translator",
-                          '{"steps": 5, "starts": 2, "screen_steps": 1, "batch_size": 1, "screen_slices": 2}'],
-                         capture_output=True, text=True, timeout=300, check=False)
+                          '{"steps": 5, "starts": 2, "max_starts": 3, "screen_steps": 1, "batch_size": 1, '
+                          '"screen_slices": 2}'], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r.get("start") for r in rows[:2]] == [0, 1] and rows[2]["after_steps"] == 1
-    assert rows[2]["chosen_start"] == min(rows[:2], key=lambda r: r["distance"])["start"]
-    assert all(-1 <= r["check_corr_input_output"] <= 1 for r in rows[:2])
+    *starts, last = rows
+    assert [r["start"] for r in starts] == list(range(last["starts"])) and last["after_steps"] == 1
+    assert 2 <= last["starts"] <= 3 and last["identity_distance"] > 0
+    assert last["chosen_start"] == min(starts, key=lambda r: r["distance"])["start"]
+    assert all(-1 <= r["check_corr_input_output"] <= 1 for r in starts)
 
 
 def _tiny_data_and_translator(tmp_path, tiny_bundle_path):

@@ -37,8 +37,18 @@ class TranslatorTrainConfig:
     starts: int = 4
     screen_steps: int = 100       # steps every start trains before the best one continues to `steps`
     screen_slices: int = 16       # fixed slices per domain the starts are scored on
+    # A start that learnt nothing stays close to the identity map (T2 left looking like T2): its score is
+    # then near the identity map's own. While no start scores under identity_margin x that, another start
+    # is screened, up to max_starts in all (docs/adaptation.md).
+    identity_margin: float = 0.8
+    max_starts: int = 8
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.identity_margin <= 1.0:
+            raise BiglError(f"translator identity_margin must be in (0, 1], got {self.identity_margin!r}")
+        if not isinstance(self.max_starts, int) or self.max_starts < self.starts:
+            raise BiglError(f"translator max_starts must be an integer >= starts ({self.starts}), "
+                            f"got {self.max_starts!r}")
         for name in ("starts", "screen_slices"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise BiglError(f"translator {name} must be a positive integer, got {getattr(self, name)!r}")

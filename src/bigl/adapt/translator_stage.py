@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from contextlib import closing
 from dataclasses import replace
 
@@ -134,6 +135,11 @@ def translation_distance(g_s2t: Generator, g_t2s: Generator, xs: torch.Tensor, y
     return intensity_distance(fake_s, xs) + intensity_distance(fake_t, xt)
 
 
+def identity_distance(xs: torch.Tensor, xt: torch.Tensor) -> float:
+    """:func:`translation_distance` of translators that change nothing: the score of a start that learnt nothing."""
+    return intensity_distance(xt, xs) + intensity_distance(xs, xt)
+
+
 def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch: tuple[int, int],
                      cfg: TranslatorTrainConfig, rng: np.random.Generator, device: torch.device,
                      progress: ProgressFn | None = None, cancel: CancelFn | None = None,
@@ -151,7 +157,10 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
     the other domain (:func:`translation_distance` on a fixed batch, no labels
     of the target) continues to ``cfg.steps``. Which contrast polarity the
     generators find is set in the first ~100 steps and not undone later
-    (docs/adaptation.md).
+    (docs/adaptation.md). While no start scores under ``cfg.identity_margin``
+    times the identity map's score (:func:`identity_distance`: the translators
+    learnt nothing), further starts are screened (alternating polarity), up to ``cfg.max_starts``;
+    if none gets there, a warning says adaptation is unlikely to help.
     """
     s2t_config = cfg.translator
     if cfg.label_conditioned:
@@ -164,7 +173,7 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
     screen = min(cfg.screen_steps, cfg.steps) if cfg.starts > 1 else 0
     ddp = distributed.current()
     seed = int(rng.integers(2**31))
-    n_batches = cfg.steps + (cfg.starts - 1) * screen
+    n_batches = cfg.steps + (cfg.max_starts - 1) * screen
 
     def stream(volumes: list, fraction: float, which: int):
         return batches(shard(volumes, ddp.rank, ddp.world_size), patch, batch_size=cfg.batch_size,
@@ -193,20 +202,37 @@ def train_translator(src: list[PreparedVolume], tgt: list[PreparedVolume], patch
             report(done, **metrics)
 
     starts: list[_TranslatorStart] = []
-    for i in range(cfg.starts):
-        starts.append(starts[-1].flipped() if i % 2 else _TranslatorStart(cfg, s2t_config, device))
-    best = starts[0]
+
+    def new_start() -> _TranslatorStart:
+        return starts[-1].flipped() if len(starts) % 2 else _TranslatorStart(cfg, s2t_config, device)
+
+    best = new_start()
+    starts.append(best)
     with closing(source_it), closing(target_it):
         if cfg.starts > 1:
             held_out = batch(cfg.screen_slices) if cfg.paired else _screening_batch(src, tgt, patch, cfg, seed, device)
+            floor = identity_distance(held_out[0], held_out[2])
             scores = []
-            for start in starts:
-                train(start, screen)
-                scores.append(translation_distance(start.g_s2t, start.g_t2s, *held_out))
-            choice = distributed.broadcast(int(np.argmin(scores)), ddp)   # rank 0's choice: every rank goes on alike
+            while True:
+                train(starts[-1], screen)
+                scores.append(translation_distance(starts[-1].g_s2t, starts[-1].g_t2s, *held_out))
+                learnt = min(scores) < cfg.identity_margin * floor
+                done_screening = len(starts) >= cfg.max_starts or (len(starts) >= cfg.starts and learnt)
+                # rank 0 decides (its scores): every rank goes on alike
+                if distributed.broadcast(done_screening, ddp):
+                    break
+                if len(starts) >= cfg.starts:     # an extra start: the progress total grows with it
+                    report.total += screen
+                starts.append(new_start())
+            choice, learnt = distributed.broadcast((int(np.argmin(scores)), learnt), ddp)
             best = starts[choice]
-            log.info("translator starts after %d steps: intensity distances %s; continuing start %d", screen,
-                     ", ".join(f"{v:.3f}" for v in scores), choice)
+            log.info("translator starts after %d steps: intensity distances %s (identity map %.3f); continuing "
+                     "start %d", screen, ", ".join(f"{v:.3f}" for v in scores), floor, choice)
+            if not learnt:
+                warnings.warn(f"the translator learnt little in {len(starts)} starts (best intensity distance "
+                              f"{min(scores):.3f}, identity map {floor:.3f}): translated images stay close to the "
+                              "target sequence and adaptation is unlikely to help; try other target images or "
+                              "more of them", stacklevel=2)
         train(best, cfg.steps - screen)
     for g in (best.g_s2t, best.g_t2s):
         distributed.sync_buffers(g, ddp)
