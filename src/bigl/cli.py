@@ -96,7 +96,7 @@ class TextProgress:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from bigl.models.segmenter import SegmenterConfig
-    from bigl.train import train
+    from bigl.train import MIN_SELECTION_CASES, train
 
     out = Path(args.out)
     _bundle_outputs(out, out.with_name(out.stem + ".last.safetensors"), overwrite=args.overwrite)
@@ -110,8 +110,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    progress=TextProgress(), cache_dir=args.cache_dir, init=args.init)
     if not _main_process():
         return 0
-    print(f"trained {'+'.join(args.modality)} segmenter in {result.seconds:.0f} s; best validation mean Dice "
-          f"{100 * result.best_dice:.1f} %")
+    prov = result.bundle.provenance
+    kept = "best" if len(prov.get("val_cases", [])) >= MIN_SELECTION_CASES else "last"
+    print(f"trained {'+'.join(args.modality)} segmenter in {result.seconds:.0f} s; the written ({kept}) model's "
+          f"validation mean Dice {100 * prov.get('val_metrics', {}).get('average_dice', float('nan')):.1f} % "
+          f"(best seen {100 * result.best_dice:.1f} %)")
     print(f"best bundle: {result.best_path}\nlast bundle: {result.last_path}")
     return 0
 
@@ -278,7 +281,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from bigl.demo import run_demo
     from bigl.phantom import SAMPLE_DIR
 
-    print(run_demo(args.data or SAMPLE_DIR, device=args.device, live=args.adapt, progress=TextProgress()).text)
+    print(run_demo(args.data or SAMPLE_DIR, device=args.device, live=args.adapt, progress=TextProgress(),
+                   notify=lambda message: print(message, flush=True)).text)
     return 0
 
 

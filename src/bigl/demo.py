@@ -10,8 +10,10 @@ Each prints per-case volumes, Dice and time, and the mean Dice.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from bigl.infer import segment_volume
 from bigl.io import Case, Volume, list_cases, load_images, load_labels
 from bigl.metrics import evaluate_case, region_volumes, summarize
 from bigl.progress import ProgressFn
+
+log = logging.getLogger(__name__)
 
 Cases = list[tuple[Case, dict[str, Volume], Volume]]
 # `bigl adapt` with defaults on this project's 2-core reference CPU, measured (docs/adaptation.md)
@@ -67,15 +71,15 @@ def _section(title: str, bundle: Bundle, cases: Cases, device, sequence: str | N
     return lines + ["", format_table(summary, f"{name} on {reads}"), ""], summary["average"]["dice_mean"]
 
 
-def _adapt_live(cases: list[Case], device, progress: ProgressFn | None, cfg: AdaptConfig | None
-                ) -> tuple[Bundle, list[str]]:
+def _adapt_live(cases: list[Case], device, progress: ProgressFn | None, cfg: AdaptConfig | None,
+                notify: Callable[[str], None]) -> tuple[Bundle, list[str]]:
     """Adapt the bundled T1 model to T2 now: source = the cases' T1 with labels, target = their T2 images only."""
     from bigl.adapt import adapt
 
     cfg = cfg or AdaptConfig()
-    print(f"Adapting the T1 model to T2 now ({cfg.translator.steps} translator steps, then {cfg.steps} alignment "
-          f"steps): about {ADAPT_MINUTES} minutes on a 2-core CPU, a minute or two on a GPU; the bar shows the time "
-          "left.", flush=True)
+    notify(f"Adapting the T1 model to T2 now ({cfg.translator.steps} translator steps, then {cfg.steps} alignment "
+           f"steps): about {ADAPT_MINUTES} minutes on a 2-core CPU, a minute or two on a GPU; the bar shows the "
+           "time left.")
     t0 = time.perf_counter()
     result = adapt(load_bundle(T1_MODEL), cases, "t1", cases, "t2", cfg, device=device, progress=progress)
     note = (f"(adapted just now in {time.perf_counter() - t0:.0f} s, on the sample cases' T1 with labels and their "
@@ -84,17 +88,19 @@ def _adapt_live(cases: list[Case], device, progress: ProgressFn | None, cfg: Ada
 
 
 def run_demo(data: str | os.PathLike, *, device: str | torch.device = "auto", live: bool = False,
-             progress: ProgressFn | None = None, adapt_config: AdaptConfig | None = None) -> DemoReport:
+             progress: ProgressFn | None = None, adapt_config: AdaptConfig | None = None,
+             notify: Callable[[str], None] | None = None) -> DemoReport:
     """Run the demo's four sections on every case in ``data``: the printable report and each section's mean Dice.
 
     ``live``: adapt the T1 model to T2 now (``progress`` reports it; ``adapt_config``, default the library's
-    defaults) instead of loading the bundled adapted model.
+    defaults) instead of loading the bundled adapted model; ``notify`` gets the time estimate first (default:
+    the log).
     """
     listed = list_cases(data)
     cases = [(case, load_images(case), load_labels(case)) for case in listed]   # read once, used by every section
     t1 = load_bundle(T1_MODEL)
     if live:
-        adapted, note = _adapt_live(listed, device, progress, adapt_config)
+        adapted, note = _adapt_live(listed, device, progress, adapt_config, notify or log.info)
     else:
         adapted, note = load_bundle(ADAPTED_T2_MODEL), []
     lines = [f"sample data: {Path(data)} ({len(cases)} cases)", ""]

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from bigl.checkpoint import load_bundle
 from bigl.cli import main
 
 
@@ -149,7 +150,11 @@ def test_train_and_evaluate_several_sequences(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
     assert main(["train", "--data", str(tiny_dataset), "--modality", "t2", "flair", "--out", str(out), "--steps", "2",
                  "--val-every", "2", "--batch-size", "2", "--device", "cpu"]) == 0
-    assert "t2+flair" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "t2+flair" in printed
+    # one validation case: the last model is written, and the message says whose Dice it prints
+    written = load_bundle(out).provenance["val_metrics"]["average_dice"]
+    assert f"the written (last) model's validation mean Dice {100 * written:.1f} %" in printed
     assert main(["evaluate", "--model", str(out), "--data", str(tiny_dataset), "--device", "cpu"]) == 0
     assert "(t2+flair, 4 cases)" in capsys.readouterr().out
 

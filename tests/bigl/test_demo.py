@@ -29,6 +29,9 @@ def test_demo_adapts_live_with_progress(tmp_path):
     events = []
     tiny = AdaptConfig(steps=2, batch_size=2, checkpoint_every=1, selection_volumes=1,
                        translator=TranslatorTrainConfig(steps=2, batch_size=2, starts=1, screen_steps=0))
-    report = run_demo(tmp_path, device="cpu", live=True, progress=events.append, adapt_config=tiny)
+    notes = []
+    report = run_demo(tmp_path, device="cpu", live=True, progress=events.append, adapt_config=tiny,
+                      notify=notes.append)
+    assert len(notes) == 1 and notes[0].startswith("Adapting the T1 model to T2 now (2 translator steps, then 2")
     assert "adapted just now" in report.text and "model: adapted now (adapted from t1 to t2" in report.text
     assert {e.stage for e in events} >= {"align"} and len(report.mean_dice) == 4
