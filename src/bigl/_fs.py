@@ -38,7 +38,8 @@ def _temp_pattern(name: str) -> re.Pattern[str]:
 _PROBE = re.compile(r"^\.bigl-write-check\.(\d+)\.[A-Za-z0-9_]+$")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid is running (ours or, as far as the OS lets us see, anyone's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -63,7 +64,7 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     removed = []
     for entry in path.parent.iterdir():
         match = pattern.match(entry.name) or _PROBE.match(entry.name)
-        if match is None or (match.group(1) and _alive(int(match.group(1)))):
+        if match is None or (match.group(1) and pid_alive(int(match.group(1)))):
             continue
         try:
             entry.unlink()

@@ -49,9 +49,12 @@ def test_cache_is_rebuilt_when_a_file_or_the_spacing_changes(dataset, tmp_path):
     os.utime(case.files["t1"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))      # the file was replaced
     second = cache_cases([case], "t1", labels=False, cache_dir=tmp_path / "cache")[0]
     assert second.folder != first.folder and not first.folder.exists()            # old entry removed
+    # another in-plane grid (training resamples, adaptation does not) is an entry of its own: building one
+    # must not remove the other, which a concurrent run may be reading (two benchmark seeds crashed so)
     third = cache_cases([case], "t1", labels=False, inplane_mm=(3.0, 3.0), cache_dir=tmp_path / "cache")[0]
     assert third.folder != second.folder and third.spacing[1:] == (3.0, 3.0)
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [third.folder.name]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted([second.folder.name, third.folder.name])
+    assert np.array_equal(second.image, load_prepared([case], "t1", labels=False)[0].image)
     # another sequence of the same case is an entry of its own
     t2 = cache_cases([case], "t2", labels=False, cache_dir=tmp_path / "cache")[0]
     assert third.folder.exists() and t2.folder.exists() and t2.target is None
@@ -67,6 +70,22 @@ def test_an_interrupted_build_leaves_nothing_that_is_read(dataset, tmp_path, mon
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.undo()
     assert cache_cases([case], "t1", labels=True, cache_dir=tmp_path / "cache")[0].labelled
+
+
+def test_a_build_removes_killed_builds_but_not_running_ones(dataset, tmp_path):
+    import subprocess
+    import sys
+
+    case = list_cases(dataset)[0]
+    entry = cache_cases([case], "t1", labels=False, cache_dir=tmp_path / "cache")[0].folder
+    shutil.rmtree(entry)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / "cache" / f".{entry.name}.{int(dead.stdout)}.abc123"
+    running = tmp_path / "cache" / f".{entry.name}.{os.getpid()}.def456"     # this process: alive
+    for folder in (killed, running):
+        folder.mkdir()
+    cache_cases([case], "t1", labels=False, cache_dir=tmp_path / "cache")
+    assert not killed.exists() and running.exists() and entry.exists()
 
 
 def test_batches_are_reproducible_with_any_worker_count(dataset, tmp_path):

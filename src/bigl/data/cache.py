@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bigl._fs import pid_alive
 from bigl.errors import BiglError
 from bigl.io import Case, load_images, load_labels
 from bigl.preprocess import NORMALIZATION, PreparedVolume, bounding_box, prepare, resample_prepared
@@ -116,8 +117,16 @@ def default_cache_dir(dataset_dir: str | os.PathLike) -> Path:
     return dataset_dir.parent / (dataset_dir.name + CACHE_SUFFIX)
 
 
-def _entry_prefix(case: Case, seqs: Sequence[str], labels: bool) -> str:
-    return f"{case.case_id}__{'+'.join(seqs)}{'__labels' if labels else ''}__"
+def _entry_prefix(case: Case, seqs: Sequence[str], labels: bool, inplane_mm: tuple[float, float] | None) -> str:
+    """What an entry is of: the case, its sequences, whether labels are in, and the in-plane grid.
+
+    Everything else (the files' sizes and times, the normalisation) is in the key after it. A build removes
+    the entries of the same prefix (a changed file, a killed build), so entries that differ only in the
+    in-plane grid — training's (resampled to the model's spacing) and adaptation's (native) entry of one
+    case — must differ here: they used to remove each other, under a run reading the other one.
+    """
+    grid = "native" if inplane_mm is None else "x".join(f"{float(v):g}" for v in inplane_mm) + "mm"
+    return f"{case.case_id}__{'+'.join(seqs)}{'__labels' if labels else ''}__{grid}__"
 
 
 def cache_key(case: Case, seqs: Sequence[str], labels: bool, inplane_mm: tuple[float, float] | None) -> str:
@@ -156,6 +165,13 @@ def _write_entry(vol: PreparedVolume, folder: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _live_build(path: Path) -> bool:
+    """Whether ``path`` is the temporary folder of an entry another running process is writing
+    (``.<entry>.<pid>.<random>``, made by :func:`_write_entry`)."""
+    parts = path.name.split(".")
+    return path.name.startswith(".") and len(parts) >= 4 and parts[-2].isdigit() and pid_alive(int(parts[-2]))
 
 
 def _read_entry(folder: Path) -> CachedVolume:
@@ -198,7 +214,7 @@ def cache_cases(cases: list[Case], sequences: str | Sequence[str], *, labels: bo
     seqs = [sequences] if isinstance(sequences, str) else list(sequences)
     entries = []
     for case in cases:
-        prefix = _entry_prefix(case, seqs, labels)
+        prefix = _entry_prefix(case, seqs, labels, inplane_mm)
         entries.append((case, _root_for(case, cache_dir) / (prefix + cache_key(case, seqs, labels, inplane_mm))))
     missing = [(case, folder) for case, folder in entries if not (folder / "meta.json").exists()]
     if missing:
@@ -209,9 +225,10 @@ def cache_cases(cases: list[Case], sequences: str | Sequence[str], *, labels: bo
         report = Reporter("cache", len(missing), progress, cancel)
         for n, (case, folder) in enumerate(missing):
             report(n)
-            prefix = _entry_prefix(case, seqs, labels)
+            prefix = _entry_prefix(case, seqs, labels, inplane_mm)
             for old in [*folder.parent.glob(prefix + "*"), *folder.parent.glob("." + prefix + "*")]:
-                shutil.rmtree(old, ignore_errors=True)      # changed files or settings, or a killed build
+                if not _live_build(old):    # changed files or settings, or a killed build; not a running one
+                    shutil.rmtree(old, ignore_errors=True)
             _write_entry(load_prepared([case], seqs, labels=labels, inplane_mm=inplane_mm)[0], folder)
         report(len(missing))
     return [_read_entry(folder) for _, folder in entries]
