@@ -275,15 +275,13 @@ def results_markdown(results: dict[str, Any]) -> str:
     for row, a in aggs.items():
         lines.append(f"| {row} | " + " | ".join(f"{a[r]['hd95_mean']:.2f} ± {a[r]['hd95_std']:.2f}"
                                                  for r in REGION_ORDER) + " |")
-    lo, hi = aggs.get(SOURCE_ONLY), aggs.get(TARGET_ONLY)
-    if lo and hi:
-        gap = hi["average"]["dice_mean"] - lo["average"]["dice_mean"]
+    shares = gap_shares(results)
+    if shares:
         lines += ["", "Share of the source-only → target-only gap in average DSC closed:", ""]
-        for row, a in aggs.items():
-            if row not in (SOURCE_ONLY, TARGET_ONLY) and gap > 0:
-                closed = (a["average"]["dice_mean"] - lo["average"]["dice_mean"]) / gap
-                lines.append(f"- {row}: {100 * closed:.0f} % (average DSC {100 * a['average']['dice_mean']:.2f}"
-                             f" ± {100 * a['average']['dice_seed_std']:.2f} across seeds)")
+        for row, closed in shares.items():
+            a = aggs[row]
+            lines.append(f"- {row}: {100 * closed:.0f} % (average DSC {100 * a['average']['dice_mean']:.2f}"
+                         f" ± {100 * a['average']['dice_seed_std']:.2f} across seeds)")
     sel = [r for r in results["runs"] if r.get("snapshots")]
     if sel:
         lines += ["", "Unsupervised checkpoint selection (BiGL: agreement of Φ(x_t) and Φ(x_t→s); the other methods: "
