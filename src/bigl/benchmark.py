@@ -276,8 +276,10 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row} | " + " | ".join(f"{a[r]['hd95_mean']:.2f} ± {a[r]['hd95_std']:.2f}"
                                                  for r in REGION_ORDER) + " |")
     shares = gap_shares(results)
-    if shares:
+    if SOURCE_ONLY in aggs and TARGET_ONLY in aggs:
         lines += ["", "Share of the source-only → target-only gap in average DSC closed:", ""]
+        if not shares:
+            lines.append("- none to close: target-only is not above source-only")
         for row, closed in shares.items():
             a = aggs[row]
             lines.append(f"- {row}: {100 * closed:.0f} % (average DSC {100 * a['average']['dice_mean']:.2f}"

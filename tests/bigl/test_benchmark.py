@@ -44,6 +44,9 @@ def test_markdown_table_and_gap():
     md = results_markdown({"source": "t1", "target": "t2", "data": "d", "seeds": [0], "runs": runs})
     assert "| Source only | 10.00 ± 10.00" in md and "| BiGL: output + feature + attention | 70.00" in md
     assert "BiGL: output + feature + attention: 86 %" in md   # (0.7 - 0.1) / (0.8 - 0.1)
+    runs[2]["summary"] = _summary(0.05)                        # target-only below source-only: no gap
+    md = results_markdown({"source": "t1", "target": "t2", "data": "d", "seeds": [0], "runs": runs})
+    assert "none to close" in md and "86 %" not in md
 
 
 def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
