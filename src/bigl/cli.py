@@ -96,7 +96,7 @@ class TextProgress:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from bigl.models.segmenter import SegmenterConfig
-    from bigl.train import MIN_SELECTION_CASES, train
+    from bigl.train import train
 
     out = Path(args.out)
     _bundle_outputs(out, out.with_name(out.stem + ".last.safetensors"), overwrite=args.overwrite)
@@ -110,10 +110,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                    progress=TextProgress(), cache_dir=args.cache_dir, init=args.init)
     if not _main_process():
         return 0
-    prov = result.bundle.provenance
-    kept = "best" if len(prov.get("val_cases", [])) >= MIN_SELECTION_CASES else "last"
-    print(f"trained {'+'.join(args.modality)} segmenter in {result.seconds:.0f} s; the written ({kept}) model's "
-          f"validation mean Dice {100 * prov.get('val_metrics', {}).get('average_dice', float('nan')):.1f} % "
+    written = result.bundle.provenance.get("val_metrics", {}).get("average_dice", float("nan"))
+    print(f"trained {'+'.join(args.modality)} segmenter in {result.seconds:.0f} s; the written ({result.written}) "
+          f"model's validation mean Dice {100 * written:.1f} % "
           f"(best seen {100 * result.best_dice:.1f} %)")
     print(f"best bundle: {result.best_path}\nlast bundle: {result.last_path}")
     return 0

@@ -101,6 +101,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_dice: float
     seconds: float
+    written: str = "best"             # what `out` holds: "best" (selected by validation) or "last"
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -175,12 +176,13 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     seqs = _sequences(sequences)
     start = init if isinstance(init, Bundle) or init is None else load_bundle(init)
     if start is not None:
-        channels = len(seqs) * (2 * start.segmenter.config.context_slices + 1)
-        if start.segmenter.config.in_channels != channels:
-            raise BiglError(f"{start.path or 'the initial model'} reads {start.segmenter.config.in_channels} input "
-                            f"channel(s) ({', '.join(start.sequences)}); training on {', '.join(seqs)} needs "
-                            f"{channels}: start from a model of as many sequences, or leave out --init")
         cfg = replace(cfg, segmenter=start.segmenter.config)
+    context = cfg.segmenter.context_slices
+    seg_cfg = replace(cfg.segmenter, in_channels=len(seqs) * (2 * context + 1))
+    if start is not None and start.segmenter.config.in_channels != seg_cfg.in_channels:
+        raise BiglError(f"{start.path or 'the initial model'} reads {start.segmenter.config.in_channels} input "
+                        f"channel(s) ({', '.join(start.sequences)}); training on {', '.join(seqs)} needs "
+                        f"{seg_cfg.in_channels}: start from a model of as many sequences, or leave out --init")
     out = Path(out)
     last_out = out.with_name(out.stem + ".last.safetensors")
     for p in (out, last_out):
@@ -216,8 +218,6 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     val_spacing = [v.spacing for v in val_vols]
     normalization = NORMALIZATION | {"inplane_spacing_mm": list(inplane)}
 
-    context = cfg.segmenter.context_slices
-    seg_cfg = replace(cfg.segmenter, in_channels=len(seqs) * (2 * context + 1))
     model = DualAttentionUNet(seg_cfg).to(dev)
     if start is not None:
         model.load_state_dict(start.segmenter.state_dict())
@@ -245,6 +245,7 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     # Choosing among checkpoints by the Dice of one or two validation cases picked a worse model than the last
     # in 4 of 6 measured 12-case runs (docs/training.md): with fewer cases the last model is kept.
     select = len(val_vols) >= MIN_SELECTION_CASES
+    written = "best" if select else "last"
     if ddp.is_main and not select:
         log.info("%d validation case(s): keeping the last model (selection needs %d)", len(val_vols),
                  MIN_SELECTION_CASES)
@@ -287,8 +288,10 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
         distributed.sync_buffers(kept, ddp)
     if not ddp.is_main:                 # rank 0 writes; the others hand back their (identical) weights
         distributed.barrier(ddp)
-        return TrainResult(make_bundle(cfg.steps, {}), out, last_out, history, best, time.perf_counter() - t0)
+        return TrainResult(make_bundle(cfg.steps, {}), out, last_out, history, best, time.perf_counter() - t0,
+                           written)
     save_bundle(make_bundle(cfg.steps, history[-1]), last_out, overwrite=True)
     promote_partial(out)
     distributed.barrier(ddp)
-    return TrainResult(load_bundle(out, device=dev), out, last_out, history, best, time.perf_counter() - t0)
+    return TrainResult(load_bundle(out, device=dev), out, last_out, history, best, time.perf_counter() - t0,
+                       written)

@@ -27,7 +27,7 @@ def test_train_writes_best_and_last_with_provenance(tiny_dataset, tmp_path):
 
 def test_with_few_validation_cases_the_last_model_is_written(tiny_dataset, tmp_path):
     res = train(tiny_dataset, "t1", tmp_path / "m.safetensors", TrainConfig(steps=6, **SMALL), device="cpu")
-    assert len(res.history) == 2 and read_document(res.best_path)["provenance"]["steps"] == 6
+    assert len(res.history) == 2 and read_document(res.best_path)["provenance"]["steps"] == 6 and res.written == "last"
     for (k, va), vb in zip(load_bundle(res.best_path).segmenter.state_dict().items(),
                            load_bundle(res.last_path).segmenter.state_dict().values()):
         assert torch.equal(va, vb), k
@@ -38,7 +38,7 @@ def test_with_enough_validation_cases_the_best_model_is_written(tiny_dataset, tm
     res = train(tiny_dataset, "t1", tmp_path / "m.safetensors", TrainConfig(steps=6, **SMALL), device="cpu")
     best = max(res.history, key=lambda h: h["average_dice"])       # the first of equal scores, as train keeps
     assert read_document(res.best_path)["provenance"]["steps"] == best["step"]
-    assert res.best_dice == best["average_dice"]
+    assert res.best_dice == best["average_dice"] and res.written == "best"
 
 
 def test_weight_average_is_what_gets_validated_and_saved(tiny_dataset, tmp_path):

@@ -64,7 +64,7 @@ def _pairs(outs: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
     }
 
 
-def _output_pairs(outs: dict[str, Any], method: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _baseline_pairs(outs: dict[str, Any], method: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     lab = outs["s2t"] if method in ("cycada", "sifa") else outs["s"]
     pairs = {"out": (torch.softmax(lab.logits, 1), torch.softmax(outs["t"].logits, 1))}
     if method == "sifa":
@@ -125,7 +125,7 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
         with torch.no_grad():
             soft = torch.softmax(teacher(streams["t2s"]), 1)
         terms["anchor"] = cfg.lambda_anchor * sum(distillation_loss(outs[n].logits, soft, mt) for n in ("t", "t2s"))
-    pairs = _pairs(outs) if cfg.method == "bigl" else _output_pairs(outs, cfg.method)
+    pairs = _pairs(outs) if cfg.method == "bigl" else _baseline_pairs(outs, cfg.method)
     adv = [_adversarial_weight(name, cfg) * adversarial_loss(distributed.unwrap(disc[name])(pairs[name][1]), True)
            for name in disc]  # frozen
     if adv:

@@ -85,8 +85,8 @@ def pseudo_labels(seg: DualAttentionUNet, g_t2s: Generator, vols: list[PreparedV
     """
     out = []
     for v in vols:
-        p_t, p_t2s = _predict_pair(seg, g_t2s, v, device)
-        p = {"direct": p_t, "translate": p_t2s, "ensemble": 0.5 * (p_t + p_t2s)}[inference]
+        p, _ = predict_prepared(seg, v, device=device, with_attention=False, mode=inference,
+                                translator=None if inference == "direct" else g_t2s)
         classes = p.argmax(0)
         if v.spacing is not None:
             kept = remove_small_lesions(classes_to_labels(classes), v.spacing, min_lesion_ml) > 0

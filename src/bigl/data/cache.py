@@ -215,20 +215,20 @@ def cache_cases(cases: list[Case], sequences: str | Sequence[str], *, labels: bo
     entries = []
     for case in cases:
         prefix = _entry_prefix(case, seqs, labels, inplane_mm)
-        entries.append((case, _root_for(case, cache_dir) / (prefix + cache_key(case, seqs, labels, inplane_mm))))
-    missing = [(case, folder) for case, folder in entries if not (folder / "meta.json").exists()]
+        entries.append((case, prefix, _root_for(case, cache_dir) / (prefix + cache_key(case, seqs, labels,
+                                                                                       inplane_mm))))
+    missing = [(case, prefix, folder) for case, prefix, folder in entries if not (folder / "meta.json").exists()]
     if missing:
-        roots = sorted({str(folder.parent) for _, folder in missing})
+        roots = sorted({str(folder.parent) for _, _, folder in missing})
         log.info("preprocessing %d of %d cases (%s) into the cache %s; later runs reuse it while the files, the "
                  "normalisation and the in-plane spacing stay the same", len(missing), len(cases), "+".join(seqs),
                  ", ".join(roots))
         report = Reporter("cache", len(missing), progress, cancel)
-        for n, (case, folder) in enumerate(missing):
+        for n, (case, prefix, folder) in enumerate(missing):
             report(n)
-            prefix = _entry_prefix(case, seqs, labels, inplane_mm)
             for old in [*folder.parent.glob(prefix + "*"), *folder.parent.glob("." + prefix + "*")]:
                 if not _live_build(old):    # changed files or settings, or a killed build; not a running one
                     shutil.rmtree(old, ignore_errors=True)
             _write_entry(load_prepared([case], seqs, labels=labels, inplane_mm=inplane_mm)[0], folder)
         report(len(missing))
-    return [_read_entry(folder) for _, folder in entries]
+    return [_read_entry(folder) for _, _, folder in entries]
