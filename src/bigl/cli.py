@@ -104,7 +104,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   contrast_method=args.contrast_method if args.augment == "contrast" else "none")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       val_every=args.val_every, augment=args.augment != "none", augmentation=aug, workers=args.workers,
-                      weight_ema=args.weight_ema,
+                      weight_ema=args.weight_ema, dice=args.dice, deep_supervision=args.deep_supervision,
                       segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices))
     result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
                    progress=TextProgress(), cache_dir=args.cache_dir, init=args.init)
@@ -325,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=_positive_int, default=TRAIN_DEFAULTS.val_every)
     p.add_argument("--weight-ema", type=float, default=TRAIN_DEFAULTS.weight_ema, metavar="M",
                    help="validate and save a moving average of the weights with momentum M (0: the weights)")
+    p.add_argument("--dice", default=TRAIN_DEFAULTS.dice, choices=("classes", "regions"),
+                   help="soft Dice of the loss over the tumour classes or over the scored regions WT / TC / ET")
+    p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction,
+                   default=TRAIN_DEFAULTS.deep_supervision, help="also supervise the coarser decoder levels")
     p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="fine-tune: start from this bundle's network (its architecture; as many input channels)")

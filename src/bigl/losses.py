@@ -34,7 +34,12 @@ def _check_seg(logits: Tensor, target: Tensor) -> None:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
 
 
-def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tensor:
+# The BraTS regions as sets of class indices (0 background, 1 necrosis, 2 edema, 3 enhancing): WT, TC, ET.
+REGION_CLASSES: tuple[tuple[int, ...], ...] = ((1, 2, 3), (1, 3), (3,))
+DICE_KINDS = ("classes", "regions")
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5, dice: str = "classes") -> Tensor:
     """Soft Dice loss, the Dice half of L_seg: 1 - the mean over the foreground classes of the batch soft Dice.
 
     With p = softmax(logits), y the one-hot target and sums over the whole batch
@@ -51,31 +56,45 @@ def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5) -> Tens
     from the batch scores ~0 whatever is predicted (its gradient is ~0), so it
     neither helps nor disturbs the present ones.
 
+    ``dice="regions"``: the Dice of the three nested BraTS regions instead
+    (WT, TC, ET: sums of the class probabilities and one-hot channels of
+    :data:`REGION_CLASSES`), the regions that are scored; the network keeps its
+    softmax over classes, so inference and alignment are unchanged.
+
     Pixels whose target is negative (self-training's "no pseudo-label", -1) are
     left out of every sum.
     """
     _check_seg(logits, target)
+    if dice not in DICE_KINDS:
+        raise ValueError(f"dice must be one of {DICE_KINDS}, got {dice!r}")
     k = logits.shape[1]
     valid = (target >= 0).unsqueeze(1)  # (B, 1, H, W)
     probs = torch.softmax(logits.float(), dim=1) * valid  # (B, K, H, W)
     onehot = F.one_hot(target.long().clamp_min(0), k).permute(0, 3, 1, 2).to(probs.dtype) * valid  # (B, K, H, W)
+    if dice == "regions":
+        if k != 4:
+            raise ValueError(f"region Dice needs the 4 BraTS classes, got {k}")
+        probs, onehot = (torch.stack([t[:, list(c)].sum(1) for c in REGION_CLASSES], 1) for t in (probs, onehot))
+    else:
+        probs, onehot = probs[:, 1:], onehot[:, 1:]
     dims = (0, 2, 3)
-    intersection = (probs * onehot).sum(dims)[1:]  # (K-1,)
-    union = (probs.sum(dims) + onehot.sum(dims))[1:]
+    intersection = (probs * onehot).sum(dims)  # (C,)
+    union = probs.sum(dims) + onehot.sum(dims)
     return 1.0 - ((2.0 * intersection + smooth) / (union + smooth)).mean()
 
 
-def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor:
+def segmentation_loss(logits: Tensor, target: Tensor, dice: str = "classes") -> Tensor:
     """L_seg (paper Eq. 4, with the Dice term of :func:`soft_dice_loss`): pixel-mean cross-entropy + soft Dice.
 
     Applied to Φ(x_s) and to Φ(x_s→t), both against the source label y_s, and
     in self-training to target pseudo-labels, where -1 marks pixels without one
-    (ignored by both terms; a batch with none at all gives 0).
+    (ignored by both terms; a batch with none at all gives 0). ``dice``: see
+    :func:`soft_dice_loss`.
     """
     _check_seg(logits, target)
     if not (target >= 0).any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target.long(), ignore_index=-1) + soft_dice_loss(logits, target)
+    return F.cross_entropy(logits.float(), target.long(), ignore_index=-1) + soft_dice_loss(logits, target, dice=dice)
 
 
 def output_consistency(logits_a: Tensor, logits_b: Tensor, mask: Tensor | None = None) -> Tensor:

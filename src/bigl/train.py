@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from bigl._fs import check_output
 from bigl.checkpoint import Bundle, jsonable, load_bundle, partial_path, promote_partial, save_bundle
@@ -45,7 +46,7 @@ from bigl import distributed
 from bigl.errors import BiglError
 from bigl.infer import predict_prepared, resolve_device
 from bigl.io import SEQUENCES, Case, header_spacing, list_cases
-from bigl.losses import segmentation_loss
+from bigl.losses import DICE_KINDS, segmentation_loss
 from bigl.metrics import evaluate_case, summarize
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
 from bigl.preprocess import NORMALIZATION, PreparedVolume, classes_to_labels, patch_size_for
@@ -77,6 +78,8 @@ class TrainConfig:
     # m > 0: validate, select and save a moving average of the weights (avg <- m·avg + (1-m)·weights after every
     # step) instead of the weights themselves; 0: the weights
     weight_ema: float = 0.0
+    dice: str = "regions"             # soft Dice over the WT/TC/ET regions or over the tumour classes (bigl.losses)
+    deep_supervision: bool = False    # also supervise the coarser decoder levels (DeepSupervised)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)  # in_channels is set from the sequences
 
     def __post_init__(self) -> None:
@@ -88,6 +91,8 @@ class TrainConfig:
             raise BiglError(f"training setting lr must be > 0, got {self.lr!r}")
         if not 0.0 <= self.weight_ema < 1.0:
             raise BiglError(f"training setting weight_ema must be in [0, 1), got {self.weight_ema!r}")
+        if self.dice not in DICE_KINDS:
+            raise BiglError(f"training setting dice must be one of {', '.join(DICE_KINDS)}, got {self.dice!r}")
         if self.augmentation.contrast_method not in CONTRAST_METHODS:
             raise BiglError(f"contrast augmentation must be one of {', '.join(CONTRAST_METHODS)}, "
                             f"got {self.augmentation.contrast_method!r}")
@@ -102,6 +107,35 @@ class TrainResult:
     best_dice: float
     seconds: float
     written: str = "best"             # what `out` holds: "best" (selected by validation) or "last"
+
+
+class DeepSupervised(nn.Module):
+    """Φ with a 1x1 head on each coarser decoder level, for training only (nnU-Net's deep supervision).
+
+    ``forward`` gives the logits of every level, finest (Φ's own output) first;
+    the heads are not part of Φ, so the saved bundle is the plain segmenter.
+    """
+
+    def __init__(self, net: DualAttentionUNet) -> None:
+        super().__init__()
+        self.net = net
+        widths = net.config.widths[:-1]     # decoder levels, fine to coarse; the finest has Φ's own head
+        self.heads = nn.ModuleList(nn.Conv2d(w, net.config.num_classes, 1) for w in widths[1:])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = self.net(x, return_extras=True)
+        coarser = out.decoder[-2::-1]      # fine to coarse, without the finest
+        return [out.logits] + [head(h) for head, h in zip(self.heads, coarser)]
+
+
+def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor, dice: str) -> torch.Tensor:
+    """L_seg of each level against the target at its resolution (nearest neighbour), weights 1, 1/2, 1/4... normalised."""
+    weights = [0.5 ** i for i in range(len(outputs))]
+    total = 0.0
+    for w, logits in zip(weights, outputs):
+        step = target.shape[-1] // logits.shape[-1]
+        total = total + w * segmentation_loss(logits, target[:, ::step, ::step], dice=dice)
+    return total / sum(weights)
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -222,8 +256,9 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     if start is not None:
         model.load_state_dict(start.segmenter.state_dict())
     patch = patch_size_for(train_vols, model.stride)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    net = distributed.wrap(model, ddp)           # trains; `model` (the same weights) validates and is saved
+    trained = DeepSupervised(model).to(dev) if cfg.deep_supervision else model
+    optimizer = torch.optim.Adam(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net = distributed.wrap(trained, ddp)         # trains; `model` (the same weights) validates and is saved
     # the model of record, validated and saved: the weights, or their moving average (cfg.weight_ema)
     kept = copy.deepcopy(model).requires_grad_(False) if cfg.weight_ema else model
     if ddp.active:
@@ -263,7 +298,10 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
             if cfg.augment:
                 x, y = augment_batch(x, y, cfg.augmentation)
             with precision.autocast():
-                loss = segmentation_loss(net(x), y)
+                if cfg.deep_supervision:
+                    loss = deep_supervision_loss(net(x), y, cfg.dice)
+                else:
+                    loss = segmentation_loss(net(x), y, dice=cfg.dice)
             if not torch.isfinite(loss):   # stop at once: every later step would train on NaN weights
                 raise BiglError(f"training diverged at step {step} (loss {loss.item()}); the best model so far is "
                                 f"{partial_path(out)} — retrain with a lower --lr or report this as a bug")

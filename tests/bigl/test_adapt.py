@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+import bigl.adapt.alignment
+
 from bigl.adapt import AdaptConfig, TranslatorTrainConfig, adapt, pseudo_labels
 from bigl.checkpoint import load_bundle, save_bundle
 from bigl.errors import BiglError
@@ -306,6 +308,23 @@ def test_pseudo_labels_follow_the_bundles_view_confidence_and_lesion_size(tiny_b
     assert any((v.target > 0).any() for v in no_floor)    # the untrained model predicts some "tumour"
     huge_floor = pseudo_labels(bundle.segmenter, Flip(), vols, threshold=0.0, device=cpu, min_lesion_ml=1e9)
     assert all((v.target[v.mask] == 0).all() for v in huge_floor)
+
+
+def test_l_seg_keeps_the_source_models_dice_unless_told(tiny_bundle_path, split, monkeypatch):
+    source = load_bundle(tiny_bundle_path)
+    used = []
+    real = bigl.adapt.alignment.segmentation_loss
+    monkeypatch.setattr(bigl.adapt.alignment, "segmentation_loss",
+                        lambda logits, target, dice: used.append(dice) or real(logits, target, dice=dice))
+    for trained_with, asked, expected in ((None, None, "classes"), ("regions", None, "regions"),
+                                          ("regions", "classes", "classes")):
+        source.provenance["config"] = {} if trained_with is None else {"dice": trained_with}
+        used.clear()
+        res = adapt(source, split[0], "t1", split[1], "t2", _cfg(method="adaptseg", steps=1, dice=asked),
+                    device="cpu")
+        assert set(used) == {expected} and res.bundle.provenance["config"]["dice"] == expected
+    with pytest.raises(BiglError, match="unknown Dice kind"):
+        AdaptConfig(dice="voxels")
 
 
 def test_bad_config_and_inputs(tiny_bundle_path, split):

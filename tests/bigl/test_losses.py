@@ -67,6 +67,24 @@ def test_dice_mean_over_classes_weighs_a_small_class_like_a_large_one() -> None:
     assert soft_dice_loss(miss_small, target).item() == pytest.approx(0.5, abs=1e-3)
 
 
+def test_region_dice_scores_the_nested_regions() -> None:
+    # 4 pixels: necrosis (1), edema (2), enhancing (3), background; predicted edema everywhere in the tumour
+    target = torch.tensor([[[1, 2, 3, 0]]])
+    pred = torch.tensor([[[2, 2, 2, 0]]])
+    logits = _onehot_logits(pred, 4)
+    # classes: necrosis 0, edema 2·1/(3+1) = 0.5, enhancing 0 -> loss 1 - 0.5/3
+    assert soft_dice_loss(logits, target).item() == pytest.approx(1 - 0.5 / 3, abs=1e-3)
+    # regions: WT perfect (1), TC 0 (predicted none of it), ET 0 -> loss 1 - 1/3
+    assert soft_dice_loss(logits, target, dice="regions").item() == pytest.approx(1 - 1 / 3, abs=1e-3)
+    assert soft_dice_loss(_onehot_logits(target, 4), target, dice="regions").item() == pytest.approx(0.0, abs=1e-4)
+    # unlabelled pixels (-1) stay out of the region sums too
+    masked = torch.tensor([[[1, 2, 3, -1]]])
+    wrong_there = _onehot_logits(torch.tensor([[[1, 2, 3, 3]]]), 4)
+    assert soft_dice_loss(wrong_there, masked, dice="regions").item() == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(ValueError, match="dice must be one of"):
+        soft_dice_loss(logits, target, dice="voxels")
+
+
 def test_dice_absent_class_finite() -> None:
     target = torch.zeros(1, 4, 4, dtype=torch.long)
     target[0, :2] = 1  # classes 2 and 3 absent

@@ -115,12 +115,13 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
     for n in labelled:                      # reported per stream: seg_s, seg_s2t
         weight = cfg.lambda_seg_s2t if n == "s2t" and cfg.method == "bigl" else 1.0
         if weight:
-            terms[f"seg_{n}"] = weight * segmentation_loss(outs[n].logits, ys)
+            terms[f"seg_{n}"] = weight * segmentation_loss(outs[n].logits, ys, dice=cfg.dice)
     if cfg.method == "bigl" and cfg.use_output:
         terms["out"] = cfg.lambda_out * output_consistency(outs["t"].logits, outs["t2s"].logits, mt)
     if pseudo is not None:
         plabel, _ = pseudo
-        terms["pseudo"] = sum(segmentation_loss(outs[n].logits, plabel) for n in ("t", "t2s") if n in outs)
+        terms["pseudo"] = sum(segmentation_loss(outs[n].logits, plabel, dice=cfg.dice) for n in ("t", "t2s")
+                              if n in outs)
     if teacher is not None:
         with torch.no_grad():
             soft = torch.softmax(teacher(streams["t2s"]), 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bigl.errors import BiglError
+from bigl.losses import DICE_KINDS
 from bigl.models.discriminators import PatchDiscriminatorConfig
 from bigl.models.translator import TranslatorConfig
 
@@ -101,6 +102,9 @@ class AdaptConfig:
     # version's models ensemble was 3.3 points above direct on three seeds (docs/results.md).
     # Methods other than BiGL (and translate-only) always segment directly.
     inference: str = "translate"
+    # Soft Dice of L_seg (bigl.losses): "classes" or "regions"; None: the one the source model was trained with
+    # (its provenance; "classes" for models that do not say), so adaptation keeps optimising what it learnt.
+    dice: str | None = None
     seed: int = 0
     workers: int = 1              # data-loading worker processes per stream (0: in the training process)
     translator: TranslatorTrainConfig = field(default_factory=TranslatorTrainConfig)
@@ -111,6 +115,9 @@ class AdaptConfig:
         for name in ("anchor_ema", "weight_ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise BiglError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.dice not in (None, *DICE_KINDS):
+            raise BiglError(f"unknown Dice kind {self.dice!r}; use {' or '.join(DICE_KINDS)} (or None: the source "
+                            "model's)")
         if self.inference not in ("direct", "translate", "ensemble"):
             raise BiglError(f"unknown inference mode {self.inference!r}; use direct, translate or ensemble")
 

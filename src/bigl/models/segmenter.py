@@ -186,6 +186,7 @@ class SegmenterOutput:
     feature: Tensor  # ξ: bottleneck feature after the attention block (B, C, h, w)
     position_attention: Tensor | None  # A_pos (B, h*w, h*w), rows sum to 1 (None if attention off)
     channel_attention: Tensor | None  # A_cha (B, C, C), rows sum to 1
+    decoder: tuple[Tensor, ...] = ()  # each decoder level's output, coarse to fine (B, widths[l], H / 2**l, W / 2**l)
 
 
 # --------------------------------------------------------------------------- padding
@@ -429,10 +430,13 @@ class DualAttentionUNet(nn.Module):
             xi, a_pos, a_cha = self.attention(xi)  # ξ (B, C, h, w), (B, hw, hw), (B, C, C)
 
         h = xi
+        levels = []
         for up, decoder in zip(self.ups, self.decoders):
             h = up(h)  # (B, widths[l], 2h, 2w)
             h = decoder(torch.cat([h, skips.pop()], dim=1))  # (B, widths[l], 2h, 2w)
+            levels.append(h)
         logits = self.head(h)  # (B, K, H, W)
         if not return_extras:
             return logits
-        return SegmenterOutput(logits=logits, feature=xi, position_attention=a_pos, channel_attention=a_cha)
+        return SegmenterOutput(logits=logits, feature=xi, position_attention=a_pos, channel_attention=a_cha,
+                               decoder=tuple(levels))
