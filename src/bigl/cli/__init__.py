@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -16,42 +15,12 @@ import bigl._openmp  # noqa: F401  (sets OMP_WAIT_POLICY: before anything below 
 from bigl import __version__
 from bigl.errors import BiglError
 from bigl.io import SEQUENCES
+from bigl.cli._args import (TRAIN_DEFAULTS, TextProgress, _bundle_outputs, _common, _data_options,
+                            _main_process, _positive_float, _positive_int)
+from bigl.cli import research
 from bigl.train import TrainConfig
 
-TRAIN_DEFAULTS = TrainConfig()
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--steps 0`` would fail deep inside training otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _bundle_outputs(*paths: str, overwrite: bool) -> None:
-    """Check bundle outputs before any work and clear temporary files that a killed earlier run left."""
-    from bigl._fs import check_distinct, check_output, clean_stale_temps
-    from bigl.checkpoint import SUFFIX, partial_path
-
-    for p in paths:
-        check_output(p, suffix=SUFFIX, overwrite=overwrite, what="model bundle")
-        for q in (p, partial_path(p)):
-            clean_stale_temps(q)
-    check_distinct([Path(p) for p in paths])
+__all__ = ["TextProgress", "build_parser", "main"]
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -62,36 +31,6 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     paths = write_dataset(args.out, n_cases=args.n_cases, seed=args.seed, preset=cfg, overwrite=args.overwrite)
     print(f"wrote {len(paths)} phantom cases to {args.out}")
     return 0
-
-
-class TextProgress:
-    """Progress bars on stderr (tqdm), one per stage of a long operation, fed by the library's progress callback.
-
-    Only on a terminal: piped or logged output gets no bar lines.
-    """
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._bar = None
-
-    def __call__(self, p) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if self._bar is None or self._bar.desc != p.stage or self._bar.total != p.total or p.step < self._bar.n:
-            self.close()
-            self._bar = tqdm(total=p.total, desc=p.stage, file=sys.stderr, dynamic_ncols=True)
-        if p.metrics:
-            self._bar.set_postfix({k: f"{v:.3g}" for k, v in list(p.metrics.items())[:4]}, refresh=False)
-        self._bar.update(p.step - self._bar.n)
-        if p.step >= p.total:
-            self.close()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -116,13 +55,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"(best seen {100 * result.best_dice:.1f} %)")
     print(f"best bundle: {result.best_path}\nlast bundle: {result.last_path}")
     return 0
-
-
-def _main_process() -> bool:
-    """False on the ranks other than 0 of a torchrun job (they neither write nor print results)."""
-    from bigl.distributed import current
-
-    return current().is_main
 
 
 def _is_dataset_folder(path: Path) -> bool:
@@ -230,52 +162,6 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from bigl.adapt import AdaptConfig
-    from bigl.benchmark import run_benchmark
-
-    if (Path(args.out) / "results.json").exists() and not (args.resume or args.overwrite):
-        raise BiglError(f"{args.out} already holds benchmark results; pass --resume to add rows to them (reusing "
-                        f"their source models and translators), --overwrite to start again, or choose another --out")
-    tcfg = TrainConfig(**({"steps": args.train_steps} if args.train_steps else {}))
-    acfg = AdaptConfig(**({"steps": args.steps} if args.steps else {}))
-    results = run_benchmark(args.data, args.source, args.target, args.out, seeds=tuple(args.seeds),
-                            rows=tuple(args.methods) if args.methods else None, train_config=tcfg, adapt_config=acfg,
-                            lambda_gtl=tuple(args.lambda_gtl), device=args.device, progress=TextProgress(),
-                            resume=args.resume)
-    print((Path(args.out) / "results.md").read_text())
-    print(f"benchmark took {results['seconds']:.0f} s; wrote {args.out}/results.md, results.json, figure.png")
-    return 0
-
-
-def _cmd_gap_matrix(args: argparse.Namespace) -> int:
-    from bigl._fs import atomic_path, check_output
-    from bigl.benchmark import gap_matrix_markdown
-
-    out = check_output(args.out, suffix=".md", overwrite=args.overwrite, what="gap matrix")
-    text = gap_matrix_markdown(args.results)
-    with atomic_path(out) as tmp:
-        Path(tmp).write_text(text)
-    print(text)
-    return 0
-
-
-def _cmd_merge_results(args: argparse.Namespace) -> int:
-    from bigl.benchmark import merge_results, results_markdown
-
-    out = Path(args.out)
-    targets = [out / "results.json", out / "results.md"]
-    if any(t.exists() for t in targets) and not args.overwrite:
-        raise BiglError(f"{out} already holds results.json/results.md; pass --overwrite or choose another --out")
-    merged = merge_results(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    targets[0].write_text(json.dumps(merged, indent=2))
-    targets[1].write_text(results_markdown(merged))
-    print(targets[1].read_text())
-    print(f"merged {len(args.results)} result files (seeds {', '.join(map(str, merged['seeds']))}); wrote {out}")
-    return 0
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bigl.demo import run_demo
     from bigl.phantom import SAMPLE_DIR
@@ -379,38 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, seed=True)
     p.set_defaults(func=_cmd_adapt)
 
-    p = sub.add_parser("benchmark", help="compare BiGL with baselines and ablations on one dataset")
-    p.add_argument("--data", required=True, help="labelled dataset folder (split into source/target/test by subject)")
-    p.add_argument("--source", required=True, choices=SEQUENCES)
-    p.add_argument("--target", required=True, choices=SEQUENCES)
-    p.add_argument("--out", required=True, help="results folder (results.md, results.json, figure.png)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--methods", nargs="+", default=None, metavar="KEY",
-                   help="rows to run (default all): source-only adaptseg translate cycada bigl-out bigl-out-feat "
-                        "bigl bigl-st bigl-paper sifa target-only source-only-contrast target-only-multi")
-    p.add_argument("--lambda-gtl", type=float, nargs="+", default=(), metavar="W",
-                   help="also run BiGL once per feature/attention weight W (the paper's Table 5), e.g. 0.02 0.1 0.5")
-    p.add_argument("--steps", type=_positive_int, default=None, help="alignment steps per method")
-    p.add_argument("--train-steps", type=_positive_int, default=None, help="supervised steps for source/target-only models")
-    p.add_argument("--resume", action="store_true",
-                   help="reuse the source models and stage-1 translators already in --out (same data, seeds and "
-                        "settings) and add the rows run now to its results")
-    _common(p)
-    p.set_defaults(func=_cmd_benchmark)
-
-    p = sub.add_parser("gap-matrix", help="a table of the share of the gap each method closes, one column per "
-                                          "direction, from `bigl benchmark` results.json files")
-    p.add_argument("results", nargs="+", help="results.json files written by `bigl benchmark` (any directions)")
-    p.add_argument("--out", required=True, help="markdown file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.set_defaults(func=_cmd_gap_matrix)
-
-    p = sub.add_parser("merge-results", help="combine benchmark results.json files (e.g. seeds run apart) "
-                                              "into one table")
-    p.add_argument("results", nargs="+", help="results.json files written by `bigl benchmark`")
-    p.add_argument("--out", required=True, help="folder for the merged results.json and results.md")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing merged results.json/results.md")
-    p.set_defaults(func=_cmd_merge_results)
+    research.add_parsers(sub)
 
     p = sub.add_parser("demo", help="the bundled models on the sample cases: T1 on T1, on T2 (fails), adapted to "
                                     "T2, and the four-sequence model, with Dice")
@@ -421,21 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, overwrite=False)
     p.set_defaults(func=_cmd_demo)
     return parser
-
-
-def _data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", default=None,
-                   help="folder for the preprocessed cases (default: <dataset folder>.bigl-cache beside each dataset)")
-    p.add_argument("--workers", type=int, default=TRAIN_DEFAULTS.workers,
-                   help="data-loading worker processes (0: load in the training process)")
-
-
-def _common(p: argparse.ArgumentParser, *, seed: bool = False, overwrite: bool = True) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto = cuda when available)")
-    if seed:
-        p.add_argument("--seed", type=int, default=0)
-    if overwrite:
-        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,96 @@
+"""Argument types, shared options and the progress bar of the `bigl` commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bigl.train import TrainConfig
+
+TRAIN_DEFAULTS = TrainConfig()
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--steps 0`` would fail deep inside training otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _bundle_outputs(*paths: str, overwrite: bool) -> None:
+    """Check bundle outputs before any work and clear temporary files that a killed earlier run left."""
+    from bigl._fs import check_distinct, check_output, clean_stale_temps
+    from bigl.checkpoint import SUFFIX, partial_path
+
+    for p in paths:
+        check_output(p, suffix=SUFFIX, overwrite=overwrite, what="model bundle")
+        for q in (p, partial_path(p)):
+            clean_stale_temps(q)
+    check_distinct([Path(p) for p in paths])
+
+
+class TextProgress:
+    """Progress bars on stderr (tqdm), one per stage of a long operation, fed by the library's progress callback.
+
+    Only on a terminal: piped or logged output gets no bar lines.
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._bar = None
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self._bar is None or self._bar.desc != p.stage or self._bar.total != p.total or p.step < self._bar.n:
+            self.close()
+            self._bar = tqdm(total=p.total, desc=p.stage, file=sys.stderr, dynamic_ncols=True)
+        if p.metrics:
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in list(p.metrics.items())[:4]}, refresh=False)
+        self._bar.update(p.step - self._bar.n)
+        if p.step >= p.total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _main_process() -> bool:
+    """False on the ranks other than 0 of a torchrun job (they neither write nor print results)."""
+    from bigl.distributed import current
+
+    return current().is_main
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", default=None,
+                   help="folder for the preprocessed cases (default: <dataset folder>.bigl-cache beside each dataset)")
+    p.add_argument("--workers", type=int, default=TRAIN_DEFAULTS.workers,
+                   help="data-loading worker processes (0: load in the training process)")
+
+
+def _common(p: argparse.ArgumentParser, *, seed: bool = False, overwrite: bool = True) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto = cuda when available)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0)
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
