@@ -40,7 +40,7 @@ DICE_KINDS = ("classes", "regions")
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5, dice: str = "classes") -> Tensor:
-    """Soft Dice loss, the Dice half of L_seg: 1 - the mean over the foreground classes of the batch soft Dice.
+    """Soft Dice loss, the Dice half of L_seg: 1 - the mean over the tumour classes (or regions) of the batch soft Dice.
 
     With p = softmax(logits), y the one-hot target and sums over the whole batch
     and all pixels ("batch Dice", nnU-Net's choice for 2D: a slice without tumour

@@ -13,7 +13,7 @@ device (:mod:`bigl.data.augment`: spatial, intensity and optionally contrast
 randomisation). Under ``torchrun`` each process trains a DistributedDataParallel
 replica on its own shard of the cases; rank 0 alone validates and writes
 (:mod:`bigl.distributed`). Loss:
-cross-entropy + soft Dice (paper Eq. 4 with another Dice term). Optimiser: Adam with
+cross-entropy + soft Dice of the WT/TC/ET regions (paper Eq. 4 with another Dice term). Optimiser: Adam with
 polynomial learning-rate decay (power 0.9). Every ``val_every`` steps the
 whole validation volumes are segmented and the mean WT/TC/ET Dice is
 computed. The best model so far (the latest, with fewer than
@@ -129,7 +129,10 @@ class DeepSupervised(nn.Module):
 
 
 def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor, dice: str) -> torch.Tensor:
-    """L_seg of each level against the target at its resolution (nearest neighbour), weights 1, 1/2, 1/4... normalised."""
+    """L_seg of each level against the target at its resolution (nearest neighbour), weights 1, 1/2, 1/4... normalised.
+
+    With one output (no deep supervision) it is :func:`~bigl.losses.segmentation_loss` itself.
+    """
     weights = [0.5 ** i for i in range(len(outputs))]
     total = 0.0
     for w, logits in zip(weights, outputs):
@@ -298,10 +301,8 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
             if cfg.augment:
                 x, y = augment_batch(x, y, cfg.augmentation)
             with precision.autocast():
-                if cfg.deep_supervision:
-                    loss = deep_supervision_loss(net(x), y, cfg.dice)
-                else:
-                    loss = segmentation_loss(net(x), y, dice=cfg.dice)
+                logits = net(x)        # or, under deep supervision, the logits of every level
+                loss = deep_supervision_loss(logits if cfg.deep_supervision else [logits], y, cfg.dice)
             if not torch.isfinite(loss):   # stop at once: every later step would train on NaN weights
                 raise BiglError(f"training diverged at step {step} (loss {loss.item()}); the best model so far is "
                                 f"{partial_path(out)} — retrain with a lower --lr or report this as a bug")
