@@ -15,8 +15,8 @@ import bigl._openmp  # noqa: F401  (sets OMP_WAIT_POLICY: before anything below 
 from bigl import __version__
 from bigl.errors import BiglError
 from bigl.io import SEQUENCES
-from bigl.cli._args import (TRAIN_DEFAULTS, TextProgress, _bundle_outputs, _common, _data_options,
-                            _main_process, _positive_float, _positive_int)
+from bigl.cli._args import (TRAIN_DEFAULTS, TextProgress, bundle_outputs, common_options, data_options,
+                            main_process, positive_float, positive_int)
 from bigl.cli import research
 from bigl.train import TrainConfig
 
@@ -38,7 +38,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from bigl.train import train
 
     out = Path(args.out)
-    _bundle_outputs(out, out.with_name(out.stem + ".last.safetensors"), overwrite=args.overwrite)
+    bundle_outputs(out, out.with_name(out.stem + ".last.safetensors"), overwrite=args.overwrite)
     aug = replace(TRAIN_DEFAULTS.augmentation,
                   contrast_method=args.contrast_method if args.augment == "contrast" else "none")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -47,7 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices))
     result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
                    progress=TextProgress(), cache_dir=args.cache_dir, init=args.init)
-    if not _main_process():
+    if not main_process():
         return 0
     written = result.bundle.provenance.get("val_metrics", {}).get("average_dice", float("nan"))
     print(f"trained {'+'.join(args.modality)} segmenter in {result.seconds:.0f} s; the written ({result.written}) "
@@ -145,7 +145,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     from bigl.checkpoint import load_bundle, save_bundle
 
     out = Path(args.out)
-    _bundle_outputs(out, overwrite=args.overwrite)
+    bundle_outputs(out, overwrite=args.overwrite)
     cfg = AdaptConfig(method=args.method, self_train=args.self_train, seed=args.seed, workers=args.workers,
                       **({"steps": args.steps} if args.steps is not None else {}))
     source = load_bundle(args.model)
@@ -154,7 +154,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
                         "pass the bundle's own sequence as --source-modality")
     result = adapt(source, args.source_data, args.source_modality, args.target_data, args.target_modality, cfg,
                    device=args.device, progress=TextProgress(), cache_dir=args.cache_dir)
-    if not _main_process():             # torchrun: rank 0 writes
+    if not main_process():             # torchrun: rank 0 writes
         return 0
     save_bundle(result.bundle, out, overwrite=args.overwrite)
     print(f"adapted {args.source_modality} -> {args.target_modality} with {args.method} in {result.seconds:.0f} s "
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantom", help="generate synthetic BraTS-layout brain-tumour cases")
     p.add_argument("--out", required=True, help="dataset folder to write case folders into")
-    p.add_argument("--n-cases", type=_positive_int, default=6)
+    p.add_argument("--n-cases", type=positive_int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="small", help="size preset: tiny | small | brats")
     p.add_argument("--random-contrast", type=float, default=0.0, metavar="P",
@@ -205,10 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(random intensity curves)")
     p.add_argument("--context-slices", type=int, default=TRAIN_DEFAULTS.segmenter.context_slices,
                    help="2.5D input: neighbouring slices on each side as extra channels")
-    p.add_argument("--steps", type=_positive_int, default=TRAIN_DEFAULTS.steps)
-    p.add_argument("--batch-size", type=_positive_int, default=TRAIN_DEFAULTS.batch_size)
-    p.add_argument("--lr", type=_positive_float, default=TRAIN_DEFAULTS.lr)
-    p.add_argument("--val-every", type=_positive_int, default=TRAIN_DEFAULTS.val_every)
+    p.add_argument("--steps", type=positive_int, default=TRAIN_DEFAULTS.steps)
+    p.add_argument("--batch-size", type=positive_int, default=TRAIN_DEFAULTS.batch_size)
+    p.add_argument("--lr", type=positive_float, default=TRAIN_DEFAULTS.lr)
+    p.add_argument("--val-every", type=positive_int, default=TRAIN_DEFAULTS.val_every)
     p.add_argument("--weight-ema", type=float, default=TRAIN_DEFAULTS.weight_ema, metavar="M",
                    help="validate and save a moving average of the weights with momentum M (0: the weights)")
     p.add_argument("--dice", default=TRAIN_DEFAULTS.dice, choices=("classes", "regions"),
@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="fine-tune: start from this bundle's network (its architecture; as many input channels)")
-    _data_options(p)
-    _common(p, seed=True)
+    data_options(p)
+    common_options(p, seed=True)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("segment", help="segment one volume or case folder")
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "dataset folder, the output folder (existing outputs are skipped unless --overwrite)")
     p.add_argument("--attention", help="also write the attention summary volume here")
     p.add_argument("--probabilities", help="also write the 4 class probabilities (4D NIfTI) here")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("evaluate", help="Dice/HD95 of a model on a labelled dataset")
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resection-cavity", choices=("error", "background"), default="error",
                    help="label 4 in a BraTS 2023-named seg file (BraTS 2024 resection cavity): refuse the file "
                         "(default) or count it as background, in no region")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("adapt", help="adapt a model to an unlabelled target sequence (BiGL or a baseline)")
@@ -260,9 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="adapted bundle to write (.safetensors)")
     p.add_argument("--method", default="bigl", choices=("bigl", "adaptseg", "translate", "cycada", "sifa", "source-only"))
     p.add_argument("--self-train", action="store_true", help="add pseudo-label self-training after alignment")
-    p.add_argument("--steps", type=_positive_int, default=None, help="alignment steps (default from AdaptConfig)")
-    _data_options(p)
-    _common(p, seed=True)
+    p.add_argument("--steps", type=positive_int, default=None, help="alignment steps (default from AdaptConfig)")
+    data_options(p)
+    common_options(p, seed=True)
     p.set_defaults(func=_cmd_adapt)
 
     research.add_parsers(sub)
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", action="store_true",
                    help="run the T1 -> T2 adaptation live (about a quarter of an hour on a 2-core CPU) instead of "
                         "loading the bundled adapted model")
-    _common(p, overwrite=False)
+    common_options(p, overwrite=False)
     p.set_defaults(func=_cmd_demo)
     return parser
 

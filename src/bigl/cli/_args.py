@@ -11,7 +11,7 @@ from bigl.train import TrainConfig
 TRAIN_DEFAULTS = TrainConfig()
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (``--steps 0`` would fail deep inside training otherwise)."""
     try:
         value = int(text)
@@ -22,7 +22,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -32,7 +32,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _bundle_outputs(*paths: str, overwrite: bool) -> None:
+def bundle_outputs(*paths: str, overwrite: bool) -> None:
     """Check bundle outputs before any work and clear temporary files that a killed earlier run left."""
     from bigl._fs import check_distinct, check_output, clean_stale_temps
     from bigl.checkpoint import SUFFIX, partial_path
@@ -74,21 +74,21 @@ class TextProgress:
             self._bar = None
 
 
-def _main_process() -> bool:
+def main_process() -> bool:
     """False on the ranks other than 0 of a torchrun job (they neither write nor print results)."""
     from bigl.distributed import current
 
     return current().is_main
 
 
-def _data_options(p: argparse.ArgumentParser) -> None:
+def data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="folder for the preprocessed cases (default: <dataset folder>.bigl-cache beside each dataset)")
     p.add_argument("--workers", type=int, default=TRAIN_DEFAULTS.workers,
                    help="data-loading worker processes (0: load in the training process)")
 
 
-def _common(p: argparse.ArgumentParser, *, seed: bool = False, overwrite: bool = True) -> None:
+def common_options(p: argparse.ArgumentParser, *, seed: bool = False, overwrite: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto = cuda when available)")
     if seed:
         p.add_argument("--seed", type=int, default=0)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bigl.cli._args import TextProgress, _common, _positive_int
+from bigl.cli._args import TextProgress, common_options, positive_int
 from bigl.errors import BiglError
 from bigl.io import SEQUENCES
 from bigl.train import TrainConfig
@@ -71,12 +71,12 @@ def add_parsers(sub) -> None:
                         "bigl bigl-st bigl-paper sifa target-only source-only-contrast target-only-multi")
     p.add_argument("--lambda-gtl", type=float, nargs="+", default=(), metavar="W",
                    help="also run BiGL once per feature/attention weight W (the paper's Table 5), e.g. 0.02 0.1 0.5")
-    p.add_argument("--steps", type=_positive_int, default=None, help="alignment steps per method")
-    p.add_argument("--train-steps", type=_positive_int, default=None, help="supervised steps for source/target-only models")
+    p.add_argument("--steps", type=positive_int, default=None, help="alignment steps per method")
+    p.add_argument("--train-steps", type=positive_int, default=None, help="supervised steps for source/target-only models")
     p.add_argument("--resume", action="store_true",
                    help="reuse the source models and stage-1 translators already in --out (same data, seeds and "
                         "settings) and add the rows run now to its results")
-    _common(p)
+    common_options(p)
     p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("gap-matrix", help="a table of the share of the gap each method closes, one column per "
