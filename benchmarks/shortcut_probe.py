@@ -43,7 +43,7 @@ def main() -> None:
     dev = torch.device("cpu")
     splits = split_dataset(list_cases(args.data), args.split_seed)
     source, tr = load_bundle(args.model), load_bundle(args.translators)
-    cfg = A.AdaptConfig(**{"seed": args.split_seed, **json.loads(args.adapt)})
+    cfg = A.AdaptConfig(**{"seed": args.split_seed, **json.loads(args.adapt)}).for_source(source)
     rng = seed_everything(cfg.seed)
     test = splits.test[:args.test_cases]
     seg = copy.deepcopy(source.segmenter)

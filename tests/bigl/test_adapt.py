@@ -325,6 +325,9 @@ def test_l_seg_keeps_the_source_models_dice_unless_told(tiny_bundle_path, split,
         assert set(used) == {expected} and res.bundle.provenance["config"]["dice"] == expected
     with pytest.raises(BiglError, match="unknown Dice kind"):
         AdaptConfig(dice="voxels")
+    with pytest.raises(ValueError, match="for_source"):     # a direct caller must resolve it
+        bigl.adapt.alignment.alignment_step(source.segmenter, None, None, None, None, None, None, None, None,
+                                            AdaptConfig(), 1.0)
 
 
 def test_bad_config_and_inputs(tiny_bundle_path, split):

@@ -91,7 +91,10 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
     """One alternating update (Φ, then the discriminators) for ``cfg.method``; returns the loss terms.
 
     ``teacher``: the frozen source model whose softmax of x_t→s anchors Φ (``cfg.lambda_anchor``).
+    ``cfg.dice`` must be set: ``cfg.for_source(source_bundle)`` sets it as :func:`~bigl.adapt.adapt` does.
     """
+    if cfg.dice is None:
+        raise ValueError("cfg.dice is None: resolve it for the source model first, cfg = cfg.for_source(bundle)")
     mt = _masks(xt)
     streams = {"s": xs}
     with torch.no_grad():

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bigl.errors import BiglError
 from bigl.losses import DICE_KINDS
@@ -120,4 +120,10 @@ class AdaptConfig:
                             "model's)")
         if self.inference not in ("direct", "translate", "ensemble"):
             raise BiglError(f"unknown inference mode {self.inference!r}; use direct, translate or ensemble")
+
+    def for_source(self, source) -> AdaptConfig:
+        """This config with ``dice`` resolved for the source bundle: the Dice it was trained with when None."""
+        if self.dice is not None:
+            return self
+        return replace(self, dice=(source.provenance or {}).get("config", {}).get("dice", "classes"))
 

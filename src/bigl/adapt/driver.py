@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,7 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
         raise BiglError(f"{source.path or 'the model'} reads {', '.join(source.sequences)} with "
                         f"{source.segmenter.config.in_channels} input channels; adaptation starts from a "
                         "single-sequence, single-slice model such as the bundled T1 model (bigl.bundles.T1_MODEL)")
-    if cfg.dice is None:
-        cfg = replace(cfg, dice=source.provenance.get("config", {}).get("dice", "classes"))
+    cfg = cfg.for_source(source)
     ddp, dev = distributed.setup(resolve_device(device))
     rng = seed_everything(cfg.seed)
     t0 = time.perf_counter()
