@@ -119,8 +119,8 @@ class DeepSupervised(nn.Module):
     def __init__(self, net: DualAttentionUNet) -> None:
         super().__init__()
         self.net = net
-        widths = net.config.widths[:-1]     # decoder levels, fine to coarse; the finest has Φ's own head
-        self.heads = nn.ModuleList(nn.Conv2d(w, net.config.num_classes, 1) for w in widths[1:])
+        # decoder levels fine to coarse are widths[:-1]; the finest has Φ's own head, the others get one here
+        self.heads = nn.ModuleList(nn.Conv2d(w, net.config.num_classes, 1) for w in net.config.widths[1:-1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = self.net(x, return_extras=True)
