@@ -70,9 +70,16 @@ def setup(device: torch.device) -> tuple[Dist, torch.device]:
     return Dist(rank, world, local), device
 
 
-def shutdown() -> None:
-    """Leave the process group (end of a torchrun command); nothing without one."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group (end of a torchrun command); nothing without one.
+
+    With ``wait`` (a rank that finished its work) every rank first waits for the others: one
+    that tore its gloo connections down while another was still finishing aborted that one
+    (a CI run ended in SIGABRT). A rank leaving on an error does not wait: the others may never come.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -286,8 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a library warning (wrong sequence, anisotropic or unstripped input) reads as one line, not a source excerpt
     warnings.formatwarning = lambda message, category, *_a, **_k: f"bigl {args.command}: warning: {message}\n"
     logging.getLogger("bigl.data.cache").setLevel(logging.INFO)   # say when (and where) cases are preprocessed
+    finished = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        finished = True
+        return code
     except BiglError as exc:
         print(f"bigl {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -296,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         if "bigl.distributed" in sys.modules:   # a torchrun job leaves its process group
-            sys.modules["bigl.distributed"].shutdown()
+            sys.modules["bigl.distributed"].shutdown(wait=finished)
 
 
 if __name__ == "__main__":
