@@ -115,13 +115,16 @@ def check_sequence(bundle: Bundle, sequence: str | None) -> None:
 @torch.inference_mode()
 def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: torch.device,
                      batch_size: int = 16, with_attention: bool = True, translator: Generator | None = None,
-                     mode: str = "translate", progress: ProgressFn | None = None, cancel: CancelFn | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     mode: str = "translate", mirror: bool = False, progress: ProgressFn | None = None,
+                     cancel: CancelFn | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (K, z, y, x) and attention summary (z, y, x) for a normalised volume.
 
     With a ``translator`` (G_t→s), ``mode="translate"`` segments G_t→s(x) and
     ``mode="ensemble"`` averages the softmaxes of Φ(x) and Φ(G_t→s(x)); the
     attention summary always comes from the image Φ actually saw first.
+    ``mirror``: every softmax is the mean of Φ's on the slice and on its
+    left-right mirror image (mirrored back), test-time augmentation as nnU-Net's
+    (training mirrors left-right only); twice the network's time.
 
     Φ runs as its :meth:`~DualAttentionUNet.for_inference` copy, channels_last
     on the CPU (with the translator, if any, as it is): the same labels, the
@@ -145,6 +148,13 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     with_attention = with_attention and model.config.attention
     report = Reporter("segment", len(win.z), progress, cancel)
     amp = precision(device)             # bfloat16/float16 autocast on CUDA, float32 elsewhere
+
+    def softmax(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(logits.float(), dim=1)
+        if mirror:
+            p = 0.5 * (p + torch.softmax(net(layout(x.flip(-1))).float(), dim=1).flip(-1))
+        return p
+
     for start in range(0, len(win.z), batch_size):
         report(start)
         idx = win.z[start:start + batch_size]
@@ -154,11 +164,9 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
             if translator is not None:
                 x = translator(x, (x != 0).float())
             out = net(layout(x), return_extras=with_attention)
-            direct = net(layout(x_direct)) if translator is not None and mode == "ensemble" else None
-        logits = out.logits if with_attention else out
-        soft = torch.softmax(logits.float(), dim=1)
-        if direct is not None:
-            soft = 0.5 * (soft + torch.softmax(direct.float(), dim=1))
+            soft = softmax(out.logits if with_attention else out, x)
+            if translator is not None and mode == "ensemble":
+                soft = 0.5 * (soft + softmax(net(layout(x_direct)), x_direct))
         p = win.uncrop(soft)                                                 # (B, K, h, w)
         m = vol.mask[idx][:, win.y, win.x]
         p = np.where(m[:, None], p, np.eye(K, dtype=np.float32)[0][None, :, None, None])
@@ -227,7 +235,7 @@ def model_input(bundle: Bundle, volume: Inputs, spacing: tuple[float, float, flo
 def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = None,
                    spacing: tuple[float, float, float] | None = None, device: str | torch.device = "auto",
                    batch_size: int = 16, with_attention: bool = True, with_probabilities: bool = True,
-                   min_lesion_ml: float = MIN_LESION_ML, progress: ProgressFn | None = None,
+                   min_lesion_ml: float = MIN_LESION_ML, mirror: bool = True, progress: ProgressFn | None = None,
                    cancel: CancelFn | None = None) -> Segmentation:
     """Segment one raw (un-normalised) volume, or a case's sequences, with a bundle; outputs lie on the input grid.
 
@@ -236,7 +244,9 @@ def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = Non
     ``with_probabilities=False`` gives the same labels without keeping the
     probabilities (``Segmentation.probabilities`` is then None): faster and
     4 bytes x 4 classes per voxel lighter. ``with_attention=False`` leaves the
-    attention volume at 0.
+    attention volume at 0. ``mirror`` (default): the probabilities are the mean
+    of the slice's and its left-right mirror image's (:func:`predict_prepared`;
+    measured in docs/training.md, "Decoding"); ``mirror=False`` halves the network's time.
 
     ``volume`` is a volume, or ``{sequence: volume}`` (see :func:`model_input`;
     a multi-sequence bundle needs every sequence it was trained on).
@@ -256,7 +266,8 @@ def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = Non
     model_data = [resample_inplane(a, factor) for a in arrays] if factor else arrays
     probs, attention = predict_prepared(bundle.segmenter, prepare(model_data if len(arrays) > 1 else model_data[0]),
                                         device=dev, batch_size=batch_size, with_attention=with_attention,
-                                        **bundle_translation(bundle), progress=progress, cancel=cancel)
+                                        mirror=mirror, **bundle_translation(bundle), progress=progress,
+                                        cancel=cancel)
     if factor:
         classes, probs, attention = _back_to_grid(probs, attention if with_attention else None, arrays,
                                                   with_probabilities=with_probabilities)

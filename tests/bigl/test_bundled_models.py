@@ -41,8 +41,8 @@ def test_bundles_read_what_the_docs_say():
 
 
 # Healthy ceiling: the bar is 5 ml of "tumour" in a healthy brain. On the sample's healthy case the T1 model
-# finds 3.2 ml (up to 7.4 ml on four other healthy phantoms, docs/training.md; the previous T1 models: 6.5 ml
-# here, and the first one 46-282 ml), the four-sequence model none.
+# finds 2.4 ml with mirrored inference, 3.2 single-pass (up to 5.0 ml on six other healthy phantoms,
+# docs/training.md; the previous T1 models: 6.5 ml here, and the first one 46-282 ml), the four-sequence model none.
 @pytest.mark.parametrize(("path", "floors", "healthy_ceiling_ml"), [
     (MULTI_MODEL, (0.88, 0.80, 0.75), 5.0), (T1_MODEL, (0.45, 0.45, 0.15), 5.0)])
 def test_bundled_model_on_the_sample_cases(path, floors, healthy_ceiling_ml):

@@ -2,12 +2,21 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from bigl.checkpoint import load_bundle
 from bigl.errors import BiglError
-from bigl.infer import SequenceMismatchWarning, attention_query, resolve_device, segment_volume, uncertainty
+from bigl.infer import (
+    SequenceMismatchWarning,
+    attention_query,
+    predict_prepared,
+    resolve_device,
+    segment_volume,
+    uncertainty,
+)
 from bigl.io import list_cases, load_images
 from bigl.metrics import region_volumes
+from bigl.preprocess import PreparedVolume
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +48,24 @@ def test_batch_size_does_not_change_the_result(tiny_bundle_path, case_t1):
     a = segment_volume(b, case_t1, device="cpu", batch_size=1)
     c = segment_volume(b, case_t1, device="cpu", batch_size=64)
     np.testing.assert_allclose(a.probabilities, c.probabilities, atol=1e-5)
+
+
+def test_mirror_averages_the_slice_and_its_mirror_image(tiny_bundle_path):
+    net = load_bundle(tiny_bundle_path).segmenter
+    image = np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32)   # window = whole slice
+    mask = np.ones(image.shape, bool)
+    kw = {"device": torch.device("cpu"), "with_attention": False}
+    both, _ = predict_prepared(net, PreparedVolume(image, mask, None), mirror=True, **kw)
+    direct, _ = predict_prepared(net, PreparedVolume(image, mask, None), **kw)
+    mirrored, _ = predict_prepared(net, PreparedVolume(np.ascontiguousarray(image[..., ::-1]), mask, None), **kw)
+    np.testing.assert_allclose(both, 0.5 * (direct + mirrored[..., ::-1]), atol=1e-5)
+    assert np.abs(both - direct).max() > 1e-3       # the mirror pass changed the result
+    # segment_volume mirrors by default; mirror=False is the single pass
+    b = load_bundle(tiny_bundle_path)
+    image3 = np.pad(np.abs(image) + 1, ((0, 0), (4, 4), (4, 4)))
+    default, off = (segment_volume(b, image3, device="cpu", **kw).probabilities for kw in ({}, {"mirror": False}))
+    np.testing.assert_allclose(default, segment_volume(b, image3, device="cpu", mirror=True).probabilities)
+    assert np.abs(default - off).max() > 1e-3
 
 
 def test_labels_alone_are_the_labels_of_the_full_result(tiny_bundle_path, case_t1):
