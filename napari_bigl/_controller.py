@@ -287,7 +287,9 @@ def adapt_to_image(bundle: Bundle, source_dir: Path, volume: Volume, image: Imag
     keeps the adapted model and skips only the final segmentation and translation.
     """
     def on_snapshot(step: int, snapshot: Bundle) -> None:
-        labels = segment_volume(snapshot, volume, device=device, with_attention=False, cancel=cancel).labels
+        # a preview: one pass (no mirror) keeps the adaptation it interrupts waiting half as long
+        labels = segment_volume(snapshot, volume, device=device, with_attention=False, mirror=False,
+                                cancel=cancel).labels
         preview(step, labels_layer(image, labels, palette))
 
     result = adapt(bundle, ensure_source_dataset(source_dir), source_sequence(bundle, target), [volume], target,
