@@ -162,6 +162,28 @@ def test_translator_training_moves_both_generators_and_conditions_g_s2t(tiny_bun
     assert unconditioned.config.cond_channels == 0
 
 
+def test_paired_translator_trains_on_same_subject_slices(tiny_bundle_path, split, tmp_path):
+    """paired=True (Eq. 1's L1 to the real target slice): source and target are one subject list in two sequences,
+    read from the preprocessed cache as adapt() reads them (int8 class indices)."""
+    from dataclasses import replace
+
+    from bigl.adapt import train_translator
+    from bigl.data.cache import cache_cases
+    from bigl.preprocess import patch_size_for
+
+    seg = load_bundle(tiny_bundle_path).segmenter
+    src = cache_cases(split[0], "t1", labels=True, cache_dir=tmp_path)
+    tgt = cache_cases(split[0], "t2", labels=False, cache_dir=tmp_path)
+    cfg = replace(TINY_TRANSLATOR, steps=2, starts=1, paired=True)
+    torch.manual_seed(0)
+    g_s2t, _ = train_translator(src, tgt, patch_size_for(src, seg.stride), cfg, np.random.default_rng(0),
+                                torch.device("cpu"), segmenter=seg)
+    assert g_s2t.config.cond_channels == 3
+    with pytest.raises(BiglError, match="same cases"):
+        train_translator(src, tgt[:1], patch_size_for(src, seg.stride), cfg, np.random.default_rng(0),
+                         torch.device("cpu"), segmenter=seg)
+
+
 def test_translator_starts_are_screened_and_the_closest_one_continues(tiny_bundle_path, split, monkeypatch):
     from dataclasses import replace
 

@@ -264,5 +264,5 @@ def _paired_batch(src, tgt, sampler, patch, batch_size, rng):
         ys.append(crop_or_pad_2d(src[i].target[k], center, patch))
         xt.append(crop_or_pad_2d(tgt[i].image[k], center, patch))
     stack = lambda a: torch.from_numpy(np.ascontiguousarray(np.stack(a)))  # noqa: E731
-    return stack(xs)[:, None], stack(ys), stack(xt)[:, None]
+    return stack(xs)[:, None], stack(ys).long(), stack(xt)[:, None]
 
