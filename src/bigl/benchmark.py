@@ -299,14 +299,31 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def row_seeds(results: dict[str, Any], row: str) -> set[int]:
+    return {r["seed"] for r in results["runs"] if r["row"] == row}
+
+
 def gap_shares(results: dict[str, Any]) -> dict[str, float]:
-    """Each row's share of the source-only → target-only gap in average DSC (seeds averaged); {} without both."""
-    rows = list(dict.fromkeys(r["row"] for r in results["runs"]))
-    mean = {row: _aggregate(results["runs"], row)["average"]["dice_mean"] for row in rows}
-    if SOURCE_ONLY not in mean or TARGET_ONLY not in mean or mean[TARGET_ONLY] <= mean[SOURCE_ONLY]:
+    """Each row's share of the source-only → target-only gap in average DSC, seeds averaged; {} without both.
+
+    A row run on fewer seeds than the bounds (e.g. an extra row added to seed 0 with ``--resume``) is held
+    against the bounds of its own seeds: seeds differ by several points, so mixing them would misstate it.
+    """
+    def mean(row: str, seeds: set[int]) -> float | None:
+        vals = [r["summary"]["average"]["dice_mean"] for r in results["runs"] if r["row"] == row and r["seed"] in seeds]
+        return float(np.mean(vals)) if vals else None
+
+    everything = {r["seed"] for r in results["runs"]}
+    lo_all, hi_all = mean(SOURCE_ONLY, everything), mean(TARGET_ONLY, everything)
+    if lo_all is None or hi_all is None or hi_all <= lo_all:
         return {}
-    gap = mean[TARGET_ONLY] - mean[SOURCE_ONLY]
-    return {row: (m - mean[SOURCE_ONLY]) / gap for row, m in mean.items() if row not in (SOURCE_ONLY, TARGET_ONLY)}
+    shares = {}
+    for row in dict.fromkeys(r["row"] for r in results["runs"]):
+        seeds = row_seeds(results, row)
+        lo, hi = mean(SOURCE_ONLY, seeds), mean(TARGET_ONLY, seeds)
+        if row not in (SOURCE_ONLY, TARGET_ONLY) and lo is not None and hi is not None and hi > lo:
+            shares[row] = (mean(row, seeds) - lo) / (hi - lo)
+    return shares
 
 
 def gap_matrix_markdown(paths: list[str | Path]) -> str:
@@ -322,8 +339,14 @@ def gap_matrix_markdown(paths: list[str | Path]) -> str:
              for k in columns]
     lines = ["Share of the source-only → target-only gap in average DSC closed (%):", "",
              "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    def cell(k: tuple, row: str) -> str:
+        if row not in shares[k]:
+            return "–"
+        n = len(row_seeds(columns[k], row))
+        return f"{100 * shares[k][row]:.0f}" + (f" ({n} seed{'s' * (n > 1)})" if n < len(columns[k]["seeds"]) else "")
+
     for row in rows:
-        cells = [f"{100 * shares[k][row]:.0f}" if row in shares[k] else "–" for k in columns]
+        cells = [cell(k, row) for k in columns]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "Source only → target only, average DSC (%): " + "; ".join(
         f"{h}: {_row_dice(columns[k], SOURCE_ONLY)} → {_row_dice(columns[k], TARGET_ONLY)}"

@@ -128,19 +128,23 @@ def test_gap_matrix_has_one_column_per_direction(tmp_path):
 
     from bigl.cli import main
 
-    def part(name, target, seed, dice):
+    def part(name, target, seed, dice, upper=0.7, extra=()):
         runs = [{"row": ROWS[k][0], "seed": seed, "seconds": 1.0, "summary": _summary(d)}
-                for k, d in (("source-only", 0.1), ("translate", 0.4), ("bigl", dice), ("target-only", 0.7))]
+                for k, d in (("source-only", 0.1), ("translate", 0.4), ("bigl", dice), ("target-only", upper),
+                             *extra)]
         path = tmp_path / name / "results.json"
         path.parent.mkdir()
         path.write_text(json.dumps({"data": "d", "source": "t1", "target": target, "seeds": [seed], "runs": runs}))
         return str(path)
 
-    paths = [part("a", "t2", 0, 0.55), part("b", "t2", 1, 0.65), part("c", "flair", 0, 0.25)]
+    paths = [part("a", "t2", 0, 0.55, extra=[("adaptseg", 0.4)]), part("b", "t2", 1, 0.65, upper=0.9),
+             part("c", "flair", 0, 0.25)]
     md = gap_matrix_markdown(paths)
     assert "| method | T1→T2 (2 seeds) | T1→FLAIR (1 seed) |" in md
-    assert "| BiGL: output + feature + attention | 83 | 25 |" in md      # (0.6 - 0.1) / 0.6 and (0.25 - 0.1) / 0.6
-    assert "| Translate only | 50 | 50 |" in md
+    assert "| BiGL: output + feature + attention | 71 | 25 |" in md      # (0.6 - 0.1) / 0.7 and (0.25 - 0.1) / 0.6
+    assert "| Translate only | 43 | 50 |" in md
+    # a row of seed 0 only is held against seed 0's bounds, (0.4 - 0.1) / 0.6, and marked
+    assert "| AdaptSegNet | 50 (1 seed) | – |" in md
     out = tmp_path / "matrix.md"
     assert main(["gap-matrix", *paths, "--out", str(out)]) == 0 and "T1→FLAIR" in out.read_text()
     assert main(["gap-matrix", *paths, "--out", str(out)]) == 2          # never overwritten silently
