@@ -351,3 +351,14 @@ def test_error_ambiguous_case_folders(tmp_path):
     other = make_case(tmp_path, "K_011", "brats2021", keys=("t1",))
     io.save_nifti(anatomy(), other / "L_012_t2.nii.gz", SPACING)
     _raises(lambda: io.find_case(other), "K_011_t1.nii.gz", "L_012_t2.nii.gz", "different cases")
+
+
+@pytest.mark.parametrize("dtype", [np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")]), np.complex64])
+def test_non_scalar_voxels_are_refused_with_the_fix(tmp_path, dtype):
+    """An RGB (NIfTI datatype 128) or complex image: one clear error naming the file, not a numpy TypeError."""
+    data = np.zeros((4, 4, 4), dtype=dtype)
+    path = tmp_path / "colour.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    with pytest.raises(BiglError, match="grayscale") as err:
+        io.read_nifti(path)
+    assert str(path) in str(err.value)

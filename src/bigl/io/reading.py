@@ -87,6 +87,9 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header, t
             f"{path}: voxel data could not be read ({exc}). The file is probably truncated or "
             "corrupt (an interrupted copy or download); re-export or re-download it."
         ) from exc
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise BiglError(f"{path} holds {data.dtype} voxels (an RGB, complex or otherwise non-scalar image); bigl "
+                        "reads one intensity per voxel: export the scan as a grayscale (scalar) NIfTI.")
     # nibabel moves the scale factor from the header into the proxy on load
     scaling = (float(getattr(img.dataobj, "slope", 1.0)), float(getattr(img.dataobj, "inter", 0.0)))
     return data, np.asarray(img.affine, dtype=np.float64), img.header, scaling
