@@ -300,6 +300,7 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 def row_seeds(results: dict[str, Any], row: str) -> set[int]:
+    """The seeds ``row`` was run on."""
     return {r["seed"] for r in results["runs"] if r["row"] == row}
 
 
@@ -319,9 +320,11 @@ def gap_shares(results: dict[str, Any]) -> dict[str, float]:
         return {}
     shares = {}
     for row in dict.fromkeys(r["row"] for r in results["runs"]):
+        if row in (SOURCE_ONLY, TARGET_ONLY):
+            continue
         seeds = row_seeds(results, row)
         lo, hi = mean(SOURCE_ONLY, seeds), mean(TARGET_ONLY, seeds)
-        if row not in (SOURCE_ONLY, TARGET_ONLY) and lo is not None and hi is not None and hi > lo:
+        if lo is not None and hi is not None and hi > lo:
             shares[row] = (mean(row, seeds) - lo) / (hi - lo)
     return shares
 
