@@ -9,7 +9,9 @@ anything. One JSON line per seed and row, then the mean over seeds per row:
         [--rows source_only translate_only]
 
 A row bundle is every ``seedN/*.safetensors`` of a run except the trained models the rows start from
-(``source_t1``, ``target_t2``, ``target_multi``, ``source_t1_gin``, ..., and ``.last`` files); ``--rows`` keeps only the named ones.
+(``source_t1``, ``target_t2``, ``target_multi``, ``source_t1_gin``, ..., and ``.last`` files); ``--rows`` names
+the bundles to score instead, those models included (``--rows source_t1 --target t1``: the source model on
+the test subjects' own source images).
 A multi-sequence bundle is scored on its own sequences, every other one on ``--target``.
 """
 
@@ -26,9 +28,10 @@ def row_bundles(seed_dir: Path, rows: list[str] | None) -> list[Path]:
     out = []
     for p in sorted(seed_dir.glob("*.safetensors")):
         name = p.name.removesuffix(".safetensors")
-        if name.endswith(".last") or re.fullmatch(r"(source|target)_(t1|t1ce|t2|flair|multi)(_\w+)?", name):
-            continue
-        if rows is None or name in rows:
+        if rows is not None:
+            if name in rows:
+                out.append(p)
+        elif not (name.endswith(".last") or re.fullmatch(r"(source|target)_(t1|t1ce|t2|flair|multi)(_\w+)?", name)):
             out.append(p)
     return out
 
