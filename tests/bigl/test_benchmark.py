@@ -275,3 +275,33 @@ def test_shortcut_probe_script_reports_steps(tmp_path, tiny_bundle_path):
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert {"seg_s", "seg_s2t", "anchor", "adv"} <= set(rows[-1]["terms"])
     assert all(0 <= r[m] <= 100 for r in rows for m in ("direct", "translate"))
+
+
+def test_rescore_script_scores_the_rows_of_a_benchmark_run(tmp_path, tiny_bundle_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _tiny_data_and_translator(tmp_path, tiny_bundle_path)
+    seed_dir = tmp_path / "run" / "seed0"
+    seed_dir.mkdir(parents=True)
+    shutil.copy(tmp_path / "tr.safetensors", seed_dir / "translate_only.safetensors")
+    shutil.copy(tiny_bundle_path, seed_dir / "source_t1.safetensors")  # a trained model, not a row
+    shutil.copy(tiny_bundle_path, seed_dir / "source_t1.last.safetensors")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "rescore.py"
+
+    def rescore(*extra):
+        out = subprocess.run([sys.executable, str(script), "--runs", str(tmp_path / "run"), "--data",
+                              str(tmp_path / "data"), "--device", "cpu", *extra],
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert out.returncode == 0, out.stderr
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    *cases, mean = rescore("--target", "t2")
+    assert [(r["seed"], r["row"]) for r in cases] == [(0, "translate_only")]
+    assert 0 <= cases[0]["average"] <= 100 and mean == {"row": "translate_only", "seeds": 1,
+                                                        "mean average Dice": cases[0]["average"]}
+    *cases, _ = rescore("--target", "t1", "--rows", "source_t1")
+    assert [r["row"] for r in cases] == ["source_t1"]
