@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from bigl import io
 from bigl.checkpoint import Bundle, load_bundle, save_bundle
@@ -39,8 +40,8 @@ def nifti_bytes(draw) -> tuple[bytes, bool]:
     ndim = draw(st.integers(1, 5))
     shape = tuple(draw(st.lists(st.integers(1, 7), min_size=ndim, max_size=ndim)))
     dtype = draw(st.sampled_from(DTYPES))
-    data = np.asarray(draw(st.lists(finite, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
-                      ).reshape(shape)
+    # arrays(), not a list of prod(shape) floats: up to 7**5 voxels, over what a list strategy can draw
+    data = draw(arrays(np.float64, shape, elements=finite))
     if draw(st.booleans()):
         data = np.zeros(shape)
     affine = np.eye(4)
