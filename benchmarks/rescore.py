@@ -53,7 +53,7 @@ def main() -> None:
     cases = list_cases(a.data)
     per_row: dict[str, list[float]] = {}
     for run in a.runs:
-        for seed_dir in sorted(Path(run).glob("seed*")):
+        for seed_dir in sorted(d for d in Path(run).glob("seed*") if d.is_dir()):
             seed = int(seed_dir.name.removeprefix("seed"))
             test = split_dataset(cases, seed).test
             for path in row_bundles(seed_dir, a.rows):
