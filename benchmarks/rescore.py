@@ -8,10 +8,10 @@ anything. One JSON line per seed and row, then the mean over seeds per row:
     python benchmarks/rescore.py --runs /tmp/bench/T12_0 /tmp/bench/T12_12 --data /tmp/bench3031 --target t2 \\
         [--rows source_only translate_only]
 
-A row bundle is every ``seedN/*.safetensors`` of a run except the trained models the rows start from
-(``source_t1``, ``target_t2``, ``target_multi``, ``source_t1_gin``, ..., and ``.last`` files); ``--rows`` names
-the bundles to score instead, those models included (``--rows source_t1 --target t1``: the source model on
-the test subjects' own source images).
+The rows of a run are those its ``results.json`` records for each seed, found where `bigl benchmark`
+saved them (``bigl.benchmark.row_bundle_path``); ``--rows`` names bundle files of the seed folders to score
+instead, the trained models the rows start from included (``--rows source_t1 --target t1``: the source
+model on the test subjects' own source images).
 A multi-sequence bundle is scored on its own sequences, every other one on ``--target``.
 """
 
@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 
-def row_bundles(seed_dir: Path, rows: list[str] | None) -> list[Path]:
-    """The row bundles of one seed folder, by name (see the module docstring)."""
-    out = []
-    for p in sorted(seed_dir.glob("*.safetensors")):
-        name = p.name.removesuffix(".safetensors")
-        if rows is not None:
-            if name in rows:
-                out.append(p)
-        elif not (name.endswith(".last") or re.fullmatch(r"(source|target)_(t1|t1ce|t2|flair|multi)(_\w+)?", name)):
-            out.append(p)
-    return out
+def row_bundles(run: Path, results: dict, seed: int, names: list[str] | None) -> list[Path]:
+    """The bundles to score for one seed of a run: its recorded rows, or the files named ``names``."""
+    from bigl.benchmark import row_bundle_path
+
+    seed_dir = run / f"seed{seed}"
+    if names is None:
+        paths = [row_bundle_path(seed_dir, row) for row in dict.fromkeys(r["row"] for r in results["runs"]
+                                                                        if r["seed"] == seed)]
+    else:
+        paths = [seed_dir / f"{name}.safetensors" for name in names]
+    return [p for p in paths if p.exists()]     # e.g. the "as bundled" row shares the BiGL row's bundle
 
 
 def main() -> None:
@@ -43,20 +42,21 @@ def main() -> None:
     from bigl.io import list_cases
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", required=True, help="`bigl benchmark --out` folders (with seedN/ inside)")
+    p.add_argument("--runs", nargs="+", required=True, help="`bigl benchmark --out` folders (results.json, seedN/)")
     p.add_argument("--data", required=True, help="the dataset the benchmark split")
     p.add_argument("--target", required=True, help="target sequence the rows are scored on")
-    p.add_argument("--rows", nargs="+", default=None, help="bundle names to score (default: every row)")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="bundle file names (no suffix) to score (default: every row of results.json)")
     p.add_argument("--device", default="auto")
     a = p.parse_args()
 
     cases = list_cases(a.data)
     per_row: dict[str, list[float]] = {}
-    for run in a.runs:
-        for seed_dir in sorted(d for d in Path(run).glob("seed*") if d.is_dir()):
-            seed = int(seed_dir.name.removeprefix("seed"))
+    for run in map(Path, a.runs):
+        results = json.loads((run / "results.json").read_text())
+        for seed in results["seeds"]:
             test = split_dataset(cases, seed).test
-            for path in row_bundles(seed_dir, a.rows):
+            for path in row_bundles(run, results, seed, a.rows):
                 bundle = load_bundle(path)
                 sequence = None if len(bundle.sequences) > 1 else a.target
                 s = evaluate_dataset(bundle, test, sequence, device=a.device)["summary"]

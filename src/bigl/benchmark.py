@@ -155,7 +155,7 @@ def run_benchmark(data: str | Path, source_seq: str, target_seq: str, out: str |
                                         "summary": result["summary"], "per_case": result["per_case"]})
             log.info("seed %d %s: mean DSC %.1f %% (%.0f s)", seed, row,
                      100 * result["summary"]["average"]["dice_mean"], seconds)
-            save_bundle(bundle, seed_dir / f"{_slug(row)}.safetensors", overwrite=True)
+            save_bundle(bundle, row_bundle_path(seed_dir, row), overwrite=True)
             (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
         if seed == seeds[0]:
             make_figure(splits.test[0], target_seq, seed_dir, results, out / "figure.png", device)
@@ -409,7 +409,7 @@ def make_figure(case: Case, sequence: str, seed_dir: Path, results: dict[str, An
     centre = tuple(int(v) for v in (np.median(tumour, axis=0) if len(tumour) else np.asarray(ref.shape) // 2))
     columns = [("image", None), ("ground truth", ref)]
     for row in dict.fromkeys(r["row"] for r in results["runs"] if r["seed"] == results["seeds"][0]):
-        bundle_path = seed_dir / f"{_slug(row)}.safetensors"
+        bundle_path = row_bundle_path(seed_dir, row)
         if bundle_path.exists():
             bundle = load_bundle(bundle_path)
             if len(bundle.sequences) == 1:      # the four-sequence upper bound is not drawn on one sequence
@@ -419,6 +419,11 @@ def make_figure(case: Case, sequence: str, seed_dir: Path, results: dict[str, An
                                                    else plane_slices(labels, centre)[plane]))
               for plane in PLANES for title, labels in columns]
     return save_png(tile(panels, columns=len(columns)), path)
+
+
+def row_bundle_path(seed_dir: str | Path, row: str) -> Path:
+    """Where a benchmark run keeps the bundle of ``row`` (a method's label) for the seed of ``seed_dir``."""
+    return Path(seed_dir) / f"{_slug(row)}.safetensors"
 
 
 def _slug(row: str) -> str:

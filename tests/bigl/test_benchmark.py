@@ -284,10 +284,15 @@ def test_rescore_script_scores_the_rows_of_a_benchmark_run(tmp_path, tiny_bundle
     import sys
     from pathlib import Path
 
+    from bigl.benchmark import ROWS, row_bundle_path
+
     _tiny_data_and_translator(tmp_path, tiny_bundle_path)
     seed_dir = tmp_path / "run" / "seed0"
     seed_dir.mkdir(parents=True)
-    shutil.copy(tmp_path / "tr.safetensors", seed_dir / "translate_only.safetensors")
+    rows = [ROWS["translate"][0], ROWS["source-only"][0]]        # the source-only row's bundle is missing
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"seeds": [0], "runs": [{"row": r, "seed": 0}
+                                                                                       for r in rows]}))
+    shutil.copy(tmp_path / "tr.safetensors", row_bundle_path(seed_dir, ROWS["translate"][0]))
     shutil.copy(tiny_bundle_path, seed_dir / "source_t1.safetensors")  # a trained model, not a row
     shutil.copy(tiny_bundle_path, seed_dir / "source_t1.last.safetensors")
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "rescore.py"
