@@ -146,10 +146,17 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """Seeded subject-level split into (train, validation); at least one case each when there are two or more."""
+def split_cases(cases: list[Case], val_fraction: float, seed: int,
+                max_val: int | None = None) -> tuple[list[Case], list[Case]]:
+    """Seeded subject-level split into (train, validation); at least one case each when there are two or more.
+
+    ``max_val`` caps the validation cases; the cases over the cap train (until this version they were dropped:
+    a 96-case folder trained on 77 cases, a 300-case BraTS folder would have lost 56).
+    """
     order = np.random.default_rng(seed).permutation(len(cases))
     n_val = int(round(len(cases) * val_fraction))
+    if max_val is not None:
+        n_val = min(n_val, max_val)
     n_val = min(max(n_val, 1 if len(cases) > 1 else 0), len(cases) - 1)
     val = [cases[i] for i in sorted(order[:n_val])]
     train = [cases[i] for i in sorted(order[n_val:])]
@@ -238,8 +245,7 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
 
-    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
-    val_cases = val_cases[:cfg.max_val_cases]
+    train_cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed, cfg.max_val_cases)
     log.info("training on %d cases, validating on %d (%s)", len(train_cases), len(val_cases), ", ".join(seqs))
     # the resolution the model learns at: the training cases' median in-plane spacing; others are brought to it
     inplane = tuple(float(v) for v in np.median([header_spacing(c.files[seqs[0]])[1:] for c in train_cases], axis=0))

@@ -41,6 +41,15 @@ def test_with_enough_validation_cases_the_best_model_is_written(tiny_dataset, tm
     assert res.best_dice == best["average_dice"] and res.written == "best"
 
 
+def test_cases_over_the_validation_cap_train():
+    cases = [f"case{i:03d}" for i in range(96)]
+    train_cases, val_cases = bigl.train.split_cases(cases, 0.2, seed=0, max_val=4)
+    assert len(val_cases) == 4 and len(train_cases) == 92          # the other 15 of the 20 % train
+    assert sorted(train_cases + val_cases) == cases
+    assert [len(p) for p in bigl.train.split_cases(cases[:12], 0.2, seed=0, max_val=4)] == [10, 2]
+    assert [len(p) for p in bigl.train.split_cases(cases[:2], 0.2, seed=0, max_val=4)] == [1, 1]
+
+
 def test_weight_average_is_what_gets_validated_and_saved(tiny_dataset, tmp_path):
     plain = train(tiny_dataset, "t1", tmp_path / "a.safetensors", TrainConfig(steps=3, **SMALL), device="cpu")
     avg = train(tiny_dataset, "t1", tmp_path / "b.safetensors", TrainConfig(steps=3, weight_ema=0.5, **SMALL),
