@@ -19,12 +19,14 @@ from bigl.phantom.fields import Field
 # that sequence's white matter. Values follow the usual appearance at 1.5-3 T:
 # T1 WM > GM > CSF with subtle hypo-intense edema and a GM-like rim; T1ce the
 # same with a very bright rim; T2 CSF brightest, GM > WM, edema and necrosis
-# bright; FLAIR CSF suppressed, edema brightest.
+# bright; FLAIR CSF suppressed, edema brightest. The T2 row is the spin-echo
+# signal PD (1 - exp(-TR/T1)) exp(-TE/T2) of a T2 TSE (TR 5000, TE 100 ms) with
+# 3 T relaxation times (docs/phantom.md); the per-case jitter scales it from there.
 TISSUE_MEANS: dict[str, tuple[float, ...]] = {
     #          bg    CSF   GM    WM    deepGM vessel edema necro NET   ET
     "t1":    (0.0, 0.30, 0.66, 1.00, 0.86, 0.45, 0.82, 0.38, 0.62, 0.70),
     "t1ce":  (0.0, 0.32, 0.70, 1.00, 0.88, 1.25, 0.84, 0.40, 0.66, 1.75),
-    "t2":    (0.0, 2.60, 1.45, 1.00, 1.15, 0.90, 2.00, 2.30, 1.70, 1.50),
+    "t2":    (0.0, 4.20, 1.75, 1.00, 1.20, 0.90, 2.85, 3.70, 2.45, 2.20),
     "flair": (0.0, 0.35, 1.30, 1.00, 1.10, 0.70, 1.80, 1.10, 1.55, 1.45),
 }
 
