@@ -150,8 +150,7 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int,
                 max_val: int | None = None) -> tuple[list[Case], list[Case]]:
     """Seeded subject-level split into (train, validation); at least one case each when there are two or more.
 
-    ``max_val`` caps the validation cases; the cases over the cap train (until this version they were dropped:
-    a 96-case folder trained on 77 cases, a 300-case BraTS folder would have lost 56).
+    ``max_val`` caps the validation cases; the cases over the cap train.
     """
     order = np.random.default_rng(seed).permutation(len(cases))
     n_val = int(round(len(cases) * val_fraction))
