@@ -24,12 +24,11 @@ from pathlib import Path
 
 def row_bundles(run: Path, results: dict, seed: int, names: list[str] | None) -> list[Path]:
     """The bundles to score for one seed of a run: its recorded rows, or the files named ``names``."""
-    from bigl.benchmark import row_bundle_path
+    from bigl.benchmark import row_bundle_path, seed_rows
 
     seed_dir = run / f"seed{seed}"
     if names is None:
-        paths = [row_bundle_path(seed_dir, row) for row in dict.fromkeys(r["row"] for r in results["runs"]
-                                                                        if r["seed"] == seed)]
+        paths = [row_bundle_path(seed_dir, row) for row in seed_rows(results, seed)]
     else:
         paths = [seed_dir / f"{name}.safetensors" for name in names]
     return [p for p in paths if p.exists()]     # e.g. the "as bundled" row shares the BiGL row's bundle

@@ -304,6 +304,11 @@ def row_seeds(results: dict[str, Any], row: str) -> set[int]:
     return {r["seed"] for r in results["runs"] if r["row"] == row}
 
 
+def seed_rows(results: dict[str, Any], seed: int) -> list[str]:
+    """The rows run on ``seed``, in the order they ran."""
+    return list(dict.fromkeys(r["row"] for r in results["runs"] if r["seed"] == seed))
+
+
 def gap_shares(results: dict[str, Any]) -> dict[str, float]:
     """Each row's share of the source-only → target-only gap in average DSC, seeds averaged; {} without both.
 
@@ -408,7 +413,7 @@ def make_figure(case: Case, sequence: str, seed_dir: Path, results: dict[str, An
     tumour = np.argwhere(ref > 0)
     centre = tuple(int(v) for v in (np.median(tumour, axis=0) if len(tumour) else np.asarray(ref.shape) // 2))
     columns = [("image", None), ("ground truth", ref)]
-    for row in dict.fromkeys(r["row"] for r in results["runs"] if r["seed"] == results["seeds"][0]):
+    for row in seed_rows(results, results["seeds"][0]):
         bundle_path = row_bundle_path(seed_dir, row)
         if bundle_path.exists():
             bundle = load_bundle(bundle_path)
