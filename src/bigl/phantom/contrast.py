@@ -16,16 +16,16 @@ from bigl.phantom.anatomy import Tissue
 from bigl.phantom.fields import Field
 
 # Mean intensity of each tissue (rows: Tissue order) per sequence, relative to
-# that sequence's white matter. Values follow the usual appearance at 1.5-3 T:
-# T1 WM > GM > CSF with subtle hypo-intense edema and a GM-like rim; T1ce the
-# same with a very bright rim; T2 CSF brightest, GM > WM, edema and necrosis
-# bright; FLAIR CSF suppressed, edema brightest. The T2 row is the spin-echo
-# signal PD (1 - exp(-TR/T1)) exp(-TE/T2) of a T2 TSE (TR 5000, TE 100 ms) with
-# 3 T relaxation times (docs/phantom.md); the per-case jitter scales it from there.
+# that sequence's white matter: T1 WM > GM > edema > CSF with a GM-like rim; T1ce
+# the same with a very bright rim; T2 CSF brightest, GM > WM, edema and necrosis
+# bright; FLAIR CSF suppressed, edema brightest. From the signal equations on 3 T
+# relaxation times (bigl.phantom.relaxation prints them; the vessel column set by
+# hand): T2 a TSE, T1 and T1ce an MPRAGE, FLAIR a milder version of its signal
+# (docs/phantom.md). The per-case jitter scales the log-contrasts from there.
 TISSUE_MEANS: dict[str, tuple[float, ...]] = {
     #          bg    CSF   GM    WM    deepGM vessel edema necro NET   ET
-    "t1":    (0.0, 0.30, 0.66, 1.00, 0.86, 0.45, 0.82, 0.38, 0.62, 0.70),
-    "t1ce":  (0.0, 0.32, 0.70, 1.00, 0.88, 1.25, 0.84, 0.40, 0.66, 1.75),
+    "t1":    (0.0, 0.19, 0.67, 1.00, 0.80, 0.45, 0.49, 0.27, 0.57, 0.61),
+    "t1ce":  (0.0, 0.19, 0.67, 1.00, 0.80, 1.25, 0.49, 0.27, 0.57, 1.75),
     "t2":    (0.0, 4.20, 1.75, 1.00, 1.20, 0.90, 2.85, 3.70, 2.45, 2.20),
     "flair": (0.0, 0.35, 1.30, 1.00, 1.10, 0.70, 1.80, 1.10, 1.55, 1.45),
 }
