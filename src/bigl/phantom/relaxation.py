@@ -65,18 +65,17 @@ def mprage(t1: float, t2: float, pd: float, tr: float = 2300.0, ti: float = 900.
     return pd * abs(signal)
 
 
-def _post_contrast(t1: float) -> float:
-    return 1.0 / (1.0 / t1 + R1_PER_MM_MS * GADOLINIUM_MM)
-
-
 def physical_tables() -> dict[str, dict[Tissue, float]]:
     """Each sequence's signal of every tissue in RELAXATION, relative to white matter."""
-    def column(signal, tissue_t1=lambda k, t1: t1):
-        values = {k: signal(tissue_t1(k, t1), t2, pd) for k, (t1, t2, pd) in RELAXATION.items()}
+    def column(signal, contrast_agent: bool = False):
+        values = {}
+        for k, (t1, t2, pd) in RELAXATION.items():
+            if contrast_agent and k == Tissue.ENHANCING:
+                t1 = 1.0 / (1.0 / t1 + R1_PER_MM_MS * GADOLINIUM_MM)
+            values[k] = signal(t1, t2, pd)
         return {k: v / values[Tissue.WM] for k, v in values.items()}
 
-    enhanced = lambda k, t1: _post_contrast(t1) if k == Tissue.ENHANCING else t1
-    return {"t1": column(mprage), "t1ce": column(mprage, enhanced), "t2": column(spin_echo),
+    return {"t1": column(mprage), "t1ce": column(mprage, contrast_agent=True), "t2": column(spin_echo),
             "flair": column(flair), "t1 spin echo": column(spin_echo_t1)}
 
 
