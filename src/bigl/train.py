@@ -48,6 +48,7 @@ from bigl.infer import predict_prepared, resolve_device
 from bigl.io import SEQUENCES, Case, header_spacing, list_cases
 from bigl.losses import DICE_KINDS, segmentation_loss
 from bigl.metrics import evaluate_case, summarize
+from bigl.models.attention import decay_groups
 from bigl.models.segmenter import DualAttentionUNet, SegmenterConfig
 from bigl.preprocess import NORMALIZATION, PreparedVolume, classes_to_labels, patch_size_for
 from bigl.progress import CancelFn, ProgressFn, Reporter
@@ -265,7 +266,7 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
         model.load_state_dict(start.segmenter.state_dict())
     patch = patch_size_for(train_vols, model.stride)
     trained = DeepSupervised(model).to(dev) if cfg.deep_supervision else model
-    optimizer = torch.optim.Adam(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(decay_groups(trained, cfg.weight_decay), lr=cfg.lr)
     net = distributed.wrap(trained, ddp)         # trains; `model` (the same weights) validates and is saved
     # the model of record, validated and saved: the weights, or their moving average (cfg.weight_ema)
     kept = copy.deepcopy(model).requires_grad_(False) if cfg.weight_ema else model

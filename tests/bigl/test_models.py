@@ -26,6 +26,7 @@ from bigl.models import (
     crop,
     pad_to_stride,
 )
+from bigl.models.attention import decay_groups
 
 torch.set_num_threads(1)
 
@@ -209,6 +210,46 @@ def test_gradient_reaches_gamma() -> None:
         assert gamma.grad is not None and gamma.grad.abs().item() > 0
     query_grad = model.attention.query.weight.grad  # γ_p = 0 gates the position branch at init
     assert query_grad is None or query_grad.abs().sum() == 0
+
+
+def _attention_norms_after_training(groups_of, steps: int = 150) -> tuple[float, float]:
+    """|W_q| + |W_k| + |W_v| of TINY's attention block before and after ``steps`` Adam steps (lr 2e-3, as
+    ``TrainConfig``) on a fixed batch, with γ_p held at 0 (where the bundled models' γ_p had gone);
+    ``groups_of(model)`` gives the optimiser's parameter groups."""
+    _seed()
+    model = DualAttentionUNet(TINY)
+    att = model.attention
+    att.gamma_pos.requires_grad_(False)
+
+    def norm() -> float:
+        return sum(float(m.weight.detach().norm()) for m in (att.query, att.key, att.value))
+
+    before = norm()
+    opt = torch.optim.Adam(groups_of(model), lr=2e-3)
+    x = torch.randn(4, 1, 32, 32)
+    target = (x[:, 0] > 0.5).long()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), target).backward()
+        opt.step()
+    return before, norm()
+
+
+def test_weight_decay_spares_the_gated_attention_branch() -> None:
+    """While γ_p = 0, Adam's L2 decay is the whole gradient of W_q, W_k, W_v and Adam normalises it, so it
+    shrinks them by about the learning rate per step: the position attention dies (uniform A_pos, found in
+    the bundled models). decay_groups keeps the decay off the attention block and on everything else."""
+    before, plain = _attention_norms_after_training(
+        lambda m: [{"params": [p for p in m.parameters() if p.requires_grad], "weight_decay": 1e-5}])
+    assert plain < 0.2 * before                                   # the failure this guards against
+    _, kept = _attention_norms_after_training(lambda m: decay_groups(m, 1e-5))
+    assert kept == pytest.approx(before, rel=1e-6)
+    groups = decay_groups(DualAttentionUNet(TINY), 1e-5)
+    assert [g["weight_decay"] for g in groups] == [1e-5, 0.0]
+    assert sum(len(g["params"]) for g in groups) == len(list(DualAttentionUNet(TINY).parameters()))
+    assert len(groups[1]["params"]) == len(list(DualAttention(16, 4).parameters()))
+    plain_unet = DualAttentionUNet(dataclasses.replace(TINY, attention=False))
+    assert [g["weight_decay"] for g in decay_groups(plain_unet, 1e-5)] == [1e-5]
 
 
 def test_segmenter_config_round_trip_and_errors() -> None:

@@ -21,6 +21,7 @@ from bigl.adapt.translator_stage import _masks, source_to_target
 from bigl.losses import adversarial_loss, distillation_loss, output_consistency, segmentation_loss
 from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionDiscriminator,
                                         FeatureDiscriminator, PatchDiscriminator, PatchDiscriminatorConfig)
+from bigl.models.attention import decay_groups
 from bigl.models.segmenter import DualAttentionUNet, SegmenterOutput
 from bigl.models.translator import Generator
 from bigl.train import follow
@@ -79,7 +80,7 @@ def alignment_setup(seg: DualAttentionUNet, cfg: AdaptConfig, device: torch.devi
     teacher = None
     if cfg.method == "bigl" and cfg.lambda_anchor > 0:
         teacher = copy.deepcopy(seg).eval().requires_grad_(False)
-    opt_seg = torch.optim.Adam(seg.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    opt_seg = torch.optim.Adam(decay_groups(seg, 1e-5), lr=cfg.lr)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.9, 0.99)) if len(disc) else None
     return disc, teacher, opt_seg, opt_d
 

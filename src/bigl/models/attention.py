@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DualAttention"]
+__all__ = ["DualAttention", "decay_groups"]
 
 
 class DualAttention(nn.Module):
@@ -66,3 +66,19 @@ class DualAttention(nn.Module):
 
         xi = flat + self.gamma_pos * pos + self.gamma_cha * cha  # (B, C, N)
         return xi.reshape(b, c, h, w), a_pos, a_cha
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimiser parameter groups: ``weight_decay`` for every parameter but those of the attention blocks.
+
+    With γ_p = 0 at the start, W_q, W_k and W_v get no gradient from the loss, and Adam's L2
+    weight decay then *is* their whole gradient: Adam normalises it, so each step moves them by
+    about the learning rate towards 0 and they are gone within a few hundred steps (the position
+    attention turns uniform for good; measured: tests/bigl/test_models.py). Weight decay of that
+    kind does not belong on a gated branch; the rest of the network keeps it.
+    """
+    gated = {id(p) for m in model.modules() if isinstance(m, DualAttention) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if id(p) not in gated], "weight_decay": weight_decay},
+              {"params": [p for p in params if id(p) in gated], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
