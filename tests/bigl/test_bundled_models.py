@@ -41,9 +41,9 @@ def test_bundles_read_what_the_docs_say():
 
 
 # Healthy ceiling: the bar is 5 ml of "tumour" in a healthy brain. On the sample's healthy case the T1 model
-# finds nothing (up to 10 ml on other healthy phantoms, docs/training.md; earlier T1 models: 2.4-6.5 ml here,
-# and the first one 46-282 ml), the four-sequence model nothing.
-# The four-sequence model's TC on the five sample tumours is 74.6 % (test2026: 90.9): two of them have small
+# finds nothing (up to 2.0 ml on other healthy phantoms, docs/training.md; earlier T1 models: up to 6.5 ml
+# here, and the first one 46-282 ml), the four-sequence model nothing.
+# The four-sequence model's TC on the five sample tumours is 74.8 % (test2026: 91.6): two of them have small
 # non-enhancing cores, which the physical T1 table makes look like edema in T1 and T1ce (docs/phantom.md).
 @pytest.mark.parametrize(("path", "floors", "healthy_ceiling_ml"), [
     (MULTI_MODEL, (0.88, 0.70, 0.75), 5.0), (T1_MODEL, (0.45, 0.45, 0.15), 5.0)])
