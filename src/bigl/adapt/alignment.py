@@ -19,9 +19,9 @@ from bigl import distributed
 from bigl.adapt.config import AdaptConfig
 from bigl.adapt.translator_stage import _masks, source_to_target
 from bigl.losses import adversarial_loss, distillation_loss, output_consistency, segmentation_loss
+from bigl.models.attention import decay_groups
 from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionDiscriminator,
                                         FeatureDiscriminator, PatchDiscriminator, PatchDiscriminatorConfig)
-from bigl.models.attention import decay_groups
 from bigl.models.segmenter import DualAttentionUNet, SegmenterOutput
 from bigl.models.translator import Generator
 from bigl.train import follow
