@@ -78,7 +78,6 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     kind does not belong on a gated branch; the rest of the network keeps it.
     """
     gated = {id(p) for m in model.modules() if isinstance(m, DualAttention) for p in m.parameters()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) not in gated], "weight_decay": weight_decay},
-              {"params": [p for p in params if id(p) in gated], "weight_decay": 0.0}]
+    groups = [{"params": [p for p in model.parameters() if id(p) not in gated], "weight_decay": weight_decay},
+              {"params": [p for p in model.parameters() if id(p) in gated], "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
