@@ -11,7 +11,7 @@ from scipy import ndimage
 from bigl import io
 from bigl.errors import BiglError
 from bigl.phantom import SEQUENCES, PhantomConfig, Tissue, case_seed, make_case, write_dataset
-from bigl.phantom.contrast import TISSUE_MEANS
+from bigl.phantom.contrast import SPIN_ECHO_MEANS, TISSUE_MEANS
 from bigl.phantom.relaxation import physical_tables
 
 SEEDS = range(8)
@@ -139,6 +139,27 @@ def test_contrast_table_is_the_signal_equation(sequence):
         assert TISSUE_MEANS[sequence][tissue] == pytest.approx(value, rel=0.04), tissue.name
 
 
+@pytest.mark.parametrize("sequence", ["t1", "t1ce"])
+def test_spin_echo_table_is_the_signal_equation(sequence):
+    signal = physical_tables()[f"{sequence} spin echo"]
+    for tissue, value in signal.items():
+        assert SPIN_ECHO_MEANS[sequence][tissue] == pytest.approx(value, rel=0.04), tissue.name
+
+
+def test_t1_spin_echo_weakens_t1_contrast_and_changes_nothing_else(cases_2mm):
+    spin_echo = dataclasses.replace(PhantomConfig.preset("small"), t1_spin_echo=(1.0, 1.0))
+    for seed in (1, 2):
+        mprage, se = cases_2mm[seed], make_case(seed, spin_echo)
+        assert np.array_equal(mprage.seg, se.seg)
+        for key in ("t2", "flair"):
+            assert np.array_equal(mprage.images[key], se.images[key])
+        assert (mprage.info["t1_spin_echo"], se.info["t1_spin_echo"]) == (0.0, 1.0)
+        for key in ("t1", "t1ce"):
+            log_contrast = [np.log(_inner_mean(c, key, Tissue.GM) / _inner_mean(c, key, Tissue.WM)) for c in (mprage, se)]
+            assert 0.25 < log_contrast[1] / log_contrast[0] < 0.75, (seed, key, log_contrast)
+        assert _inner_mean(se, "t1ce", Tissue.ENHANCING) > _inner_mean(se, "t1ce", Tissue.WM) or not (se.tissues == Tissue.ENHANCING).any()
+
+
 def test_flair_table_keeps_the_signal_order():
     # FLAIR is a milder version of its signal: the same order of the tissues.
     flair = physical_tables()["flair"]
@@ -175,6 +196,8 @@ def test_presets_and_bad_config():
         make_case(0, "huge")
     with pytest.raises(BiglError, match="spacing"):
         make_case(0, dataclasses.replace(PhantomConfig.preset("tiny"), spacing=(4.0, 0.0, 4.0)))
+    with pytest.raises(BiglError, match="t1_spin_echo"):
+        make_case(0, dataclasses.replace(PhantomConfig.preset("tiny"), t1_spin_echo=(0.5, 1.5)))
     with pytest.raises(BiglError, match="seed"):
         make_case(-1, "tiny")
 
@@ -228,6 +251,11 @@ def test_cli_phantom(tmp_path, capsys):
     assert (tmp_path / "Phantom_0_000" / "Phantom_0_000_seg.nii.gz").exists()
     assert main(["phantom", "--out", str(tmp_path), "--n-cases", "1", "--preset", "tiny"]) == 2
     assert "overwrite" in capsys.readouterr().err
+    assert main(["phantom", "--out", str(tmp_path / "se"), "--n-cases", "1", "--preset", "tiny",
+                 "--t1-spin-echo", "1", "1"]) == 0
+    mprage, se = (io.load_images(io.list_cases(p)[0]) for p in (tmp_path, tmp_path / "se"))
+    assert np.array_equal(mprage["t2"].data, se["t2"].data)
+    assert not np.array_equal(mprage["t1"].data, se["t1"].data)
 
 
 # --------------------------------------------------------------------------- the engine's variety

@@ -80,6 +80,7 @@ class PhantomConfig:
     slice_thickness_mm: tuple[float, float] = (3.0, 6.0)
     p_ghosting: float = 0.08  # an N/2 ghost along a phase-encoding axis
     p_random_contrast: float = 0.0  # every tissue mean drawn at random (SynthSeg-style), else the real tables
+    t1_spin_echo: tuple[float, float] = (0.0, 0.0)  # T1 / T1ce from MPRAGE (0) towards a spin-echo T1 (1), U(lo, hi)
     intensity_scale: tuple[float, float] = (200.0, 3000.0)  # log-uniform per volume
     # --- tumour
     wt_volume_ml: tuple[float, float] = (5.0, 250.0)  # total whole-tumour volume, log-uniform
@@ -111,11 +112,11 @@ class PhantomConfig:
             raise BiglError(
                 f"intensity_scale {self.intensity_scale} must satisfy 0 < lo <= hi <= 3276 so images fit int16."
             )
-        for name in ("wt_volume_ml", "noise", "blur_voxels", "slice_thickness_mm"):
+        for name in ("wt_volume_ml", "noise", "blur_voxels", "slice_thickness_mm", "t1_spin_echo"):
             lo, hi = getattr(self, name)
-            if not 0 <= lo <= hi or (name == "wt_volume_ml" and lo == 0):
+            if not 0 <= lo <= hi or (name == "wt_volume_ml" and lo == 0) or (name == "t1_spin_echo" and hi > 1):
                 raise BiglError(f"phantom config range {name}={getattr(self, name)} must satisfy 0 <= lo <= hi "
-                                "(wt_volume_ml: 0 < lo).")
+                                "(wt_volume_ml: 0 < lo; t1_spin_echo: hi <= 1).")
         for name in ("bias", "jitter", "tissue_jitter", "texture", "tumour_texture", "mass_effect", "rotation_deg",
                      "offset_mm"):
             if getattr(self, name) < 0:

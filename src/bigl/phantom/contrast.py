@@ -29,6 +29,20 @@ TISSUE_MEANS: dict[str, tuple[float, ...]] = {
     "t2":    (0.0, 4.20, 1.75, 1.00, 1.20, 0.90, 2.85, 3.70, 2.45, 2.20),
     "flair": (0.0, 0.35, 1.30, 1.00, 1.10, 0.70, 1.80, 1.10, 1.55, 1.45),
 }
+# The other kind of T1 scan: a 2D spin echo (TR 500 / TE 12 ms; relaxation.py), the same tissue order with
+# every log-contrast 0.40-0.52 of the MPRAGE's (vessel column as above). PhantomConfig.t1_spin_echo moves a
+# case's T1 and T1ce this way in log-contrast: table = mprage ** (1 - w) * spin_echo ** w.
+SPIN_ECHO_MEANS: dict[str, tuple[float, ...]] = {
+    "t1":    (0.0, 0.45, 0.85, 1.00, 0.89, 0.45, 0.74, 0.54, 0.80, 0.82),
+    "t1ce":  (0.0, 0.45, 0.85, 1.00, 0.89, 1.25, 0.74, 0.54, 0.80, 1.75),
+}
+
+
+def _table(s: str, spin_echo: float = 0.0) -> np.ndarray:
+    table = np.maximum(np.asarray(TISSUE_MEANS[s]), 1e-3)
+    if spin_echo and s in SPIN_ECHO_MEANS:
+        table = table ** (1.0 - spin_echo) * np.maximum(np.asarray(SPIN_ECHO_MEANS[s]), 1e-3) ** spin_echo
+    return table
 
 
 def _uniform(rng: np.random.Generator, lohi: tuple[float, float]) -> float:
@@ -63,7 +77,7 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
     hetero = Field(rng, 4.0, half_box)
     bias = {s: Field(rng, cfg.bias_scale_mm, half_box) for s in SEQUENCES}
     random_contrast = bool(rng.uniform() < cfg.p_random_contrast)
-    means, amps = {}, {}
+    means, amps, expo = {}, {}, {}
     for s in SEQUENCES:
         if random_contrast:
             m = rng.uniform(0.05, 1.0, n_t)
@@ -72,9 +86,9 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
             # Scale every tissue's log-contrast to white matter: by a factor shared by the sequence's tissues
             # (how strongly this scan weights T1 or T2: the tissue order stays that of the physics) and a small
             # factor of each tissue's own. No contrast flips sign: m0 ** exp(g + U(-t, t)).
-            table = np.maximum(np.asarray(TISSUE_MEANS[s]), 1e-3)
             g = rng.uniform(-cfg.jitter, cfg.jitter)
-            m = table ** np.exp(g + rng.uniform(-cfg.tissue_jitter, cfg.tissue_jitter, n_t))
+            expo[s] = np.exp(g + rng.uniform(-cfg.tissue_jitter, cfg.tissue_jitter, n_t))
+            m = _table(s) ** expo[s]
             amp = np.full(n_t, cfg.texture)
             amp[Tissue.EDEMA] = 0.5 * (cfg.texture + cfg.tumour_texture)
         m[Tissue.BACKGROUND] = 0.0
@@ -96,6 +110,12 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
     lo, hi = cfg.intensity_scale
     scales = {s: float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) for s in SEQUENCES}
     noise_rng = np.random.default_rng(rng.integers(2**63))
+    # Drawn last, and only when asked for: every other draw of a seed's case stays as it was.
+    lo, hi = cfg.t1_spin_echo
+    spin_echo = float(rng.uniform(lo, hi)) if hi > 0 and not random_contrast else 0.0
+    for s in SPIN_ECHO_MEANS if spin_echo else ():
+        means[s] = (_table(s, spin_echo) ** expo[s]).astype(np.float32)
+        means[s][Tissue.BACKGROUND] = 0.0
 
     mask = tissues > 0
     core_amp = np.zeros(n_t, np.float32)
@@ -121,6 +141,6 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
         img = np.clip(img, 1, 32767)  # inside the brain never 0, so the mask survives
         img[~mask] = 0
         images[s] = img.astype(np.float32)
-    info.update(intensity_scale=scales, random_contrast=random_contrast, acquired_mm=acquired,
+    info.update(intensity_scale=scales, random_contrast=random_contrast, t1_spin_echo=spin_echo, acquired_mm=acquired,
                 noise=noise_rel, ghosting={s: g[0] for s, g in ghost.items()})
     return images

@@ -4,8 +4,8 @@
 to white matter beside the table in :mod:`bigl.phantom.contrast`. The T1 and T1ce columns of
 that table are the MPRAGE signal, the T2 column the TSE signal, rounded (the vessel row, a flow
 void or a vessel's enhancement, set by hand); the FLAIR column is a milder version of its
-signal. A spin-echo T1 is printed beside them: a column halfway between it and the MPRAGE was
-measured and not kept (docs/phantom.md).
+signal. The spin-echo T1 and T1ce printed beside them are ``SPIN_ECHO_MEANS`` there, the other kind of T1
+scan a case can be moved towards (``PhantomConfig.t1_spin_echo``; docs/phantom.md).
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def physical_tables() -> dict[str, dict[Tissue, float]]:
         return {k: v / values[Tissue.WM] for k, v in values.items()}
 
     return {"t1": column(mprage), "t1ce": column(mprage, contrast_agent=True), "t2": column(spin_echo),
-            "flair": column(flair), "t1 spin echo": column(spin_echo_t1)}
+            "flair": column(flair), "t1 spin echo": column(spin_echo_t1),
+            "t1ce spin echo": column(spin_echo_t1, contrast_agent=True)}
 
 
 def main() -> None:
