@@ -155,9 +155,8 @@ def test_t1_spin_echo_weakens_t1_contrast_and_changes_nothing_else(cases_2mm):
             assert np.array_equal(mprage.images[key], se.images[key])
         assert (mprage.info["t1_spin_echo"], se.info["t1_spin_echo"]) == (0.0, 1.0)
         for key in ("t1", "t1ce"):
-            log_contrast = [np.log(_inner_mean(c, key, Tissue.GM) / _inner_mean(c, key, Tissue.WM)) for c in (mprage, se)]
-            assert 0.25 < log_contrast[1] / log_contrast[0] < 0.75, (seed, key, log_contrast)
-        assert _inner_mean(se, "t1ce", Tissue.ENHANCING) > _inner_mean(se, "t1ce", Tissue.WM) or not (se.tissues == Tissue.ENHANCING).any()
+            gm_wm = [np.log(_inner_mean(c, key, Tissue.GM) / _inner_mean(c, key, Tissue.WM)) for c in (mprage, se)]
+            assert 0.25 < gm_wm[1] / gm_wm[0] < 0.75, (seed, key, gm_wm)
 
 
 def test_flair_table_keeps_the_signal_order():

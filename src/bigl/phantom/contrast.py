@@ -111,8 +111,7 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
     scales = {s: float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) for s in SEQUENCES}
     noise_rng = np.random.default_rng(rng.integers(2**63))
     # Drawn last, and only when asked for: every other draw of a seed's case stays as it was.
-    lo, hi = cfg.t1_spin_echo
-    spin_echo = float(rng.uniform(lo, hi)) if hi > 0 and not random_contrast else 0.0
+    spin_echo = float(rng.uniform(*cfg.t1_spin_echo)) if cfg.t1_spin_echo[1] > 0 and not random_contrast else 0.0
     for s in SPIN_ECHO_MEANS if spin_echo else ():
         means[s] = (_table(s, spin_echo) ** expo[s]).astype(np.float32)
         means[s][Tissue.BACKGROUND] = 0.0
