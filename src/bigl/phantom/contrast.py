@@ -77,22 +77,21 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
     hetero = Field(rng, 4.0, half_box)
     bias = {s: Field(rng, cfg.bias_scale_mm, half_box) for s in SEQUENCES}
     random_contrast = bool(rng.uniform() < cfg.p_random_contrast)
-    means, amps, expo = {}, {}, {}
+    drawn, amps, expo = {}, {}, {}
     for s in SEQUENCES:
         if random_contrast:
-            m = rng.uniform(0.05, 1.0, n_t)
+            drawn[s] = rng.uniform(0.05, 1.0, n_t)
             amp = rng.uniform(0.0, 2.5 * cfg.texture, n_t)
         else:
             # Scale every tissue's log-contrast to white matter: by a factor shared by the sequence's tissues
             # (how strongly this scan weights T1 or T2: the tissue order stays that of the physics) and a small
-            # factor of each tissue's own. No contrast flips sign: m0 ** exp(g + U(-t, t)).
+            # factor of each tissue's own. No contrast flips sign: m0 ** exp(g + U(-t, t)); the tables are
+            # raised to it below, once the T1 protocol is drawn.
             g = rng.uniform(-cfg.jitter, cfg.jitter)
             expo[s] = np.exp(g + rng.uniform(-cfg.tissue_jitter, cfg.tissue_jitter, n_t))
-            m = _table(s) ** expo[s]
             amp = np.full(n_t, cfg.texture)
             amp[Tissue.EDEMA] = 0.5 * (cfg.texture + cfg.tumour_texture)
-        m[Tissue.BACKGROUND] = 0.0
-        means[s], amps[s] = m.astype(np.float32), amp.astype(np.float32)
+        amps[s] = amp.astype(np.float32)
     noise_rel = {s: _uniform(rng, cfg.noise) for s in SEQUENCES}
     bias_amp = {s: _uniform(rng, (0.0, cfg.bias)) for s in SEQUENCES}
     blur = {s: _uniform(rng, cfg.blur_voxels) for s in SEQUENCES}
@@ -112,9 +111,11 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
     noise_rng = np.random.default_rng(rng.integers(2**63))
     # Drawn last, and only when asked for: every other draw of a seed's case stays as it was.
     spin_echo = float(rng.uniform(*cfg.t1_spin_echo)) if cfg.t1_spin_echo[1] > 0 and not random_contrast else 0.0
-    for s in SPIN_ECHO_MEANS if spin_echo else ():
-        means[s] = (_table(s, spin_echo) ** expo[s]).astype(np.float32)
-        means[s][Tissue.BACKGROUND] = 0.0
+    means = {}
+    for s in SEQUENCES:
+        m = drawn[s] if random_contrast else _table(s, spin_echo) ** expo[s]
+        m[Tissue.BACKGROUND] = 0.0
+        means[s] = m.astype(np.float32)
 
     mask = tissues > 0
     core_amp = np.zeros(n_t, np.float32)
