@@ -5,6 +5,8 @@ one). Its safetensors metadata carries ``format = "bigl-bundle"``,
 ``format_version`` and ``document``: a JSON object with
 
 - ``segmenter``: the :class:`~bigl.models.segmenter.SegmenterConfig` fields,
+- ``segmenters``: how many segmenters of that config the bundle holds (an ensemble when more than one:
+  weights ``segmenter.*``, ``segmenter_1.*``, ...; inference averages their softmaxes),
 - ``sequences``: the input sequence(s) the model was trained or adapted on,
 - ``normalization``: the intensity normalisation (:data:`bigl.preprocess.NORMALIZATION`),
 - ``labels``: the label convention (class index -> BraTS label),
@@ -56,7 +58,7 @@ DEMO_BUNDLE = T1_MODEL  # the default single-sequence model, see bigl.bundles
 class Bundle:
     """A segmenter plus everything needed to use it correctly (and, after adaptation, the translators)."""
 
-    segmenter: DualAttentionUNet
+    segmenter: DualAttentionUNet               # the one adaptation starts from and attention maps come from
     sequences: tuple[str, ...]
     patch_size: tuple[int, int] | None = None
     normalization: dict[str, Any] = field(default_factory=dict)
@@ -66,10 +68,22 @@ class Bundle:
     source_sequence: str | None = None          # set on adapted bundles
     inference: str = "direct"                   # "direct": Φ(x); "translate": Φ(G_t->s(x)); "ensemble": mean of both
     path: Path | None = None
+    members: tuple[DualAttentionUNet, ...] = ()   # further segmenters (same config) averaged with ``segmenter``
 
     @property
     def config(self) -> SegmenterConfig:
         return self.segmenter.config
+
+    @property
+    def segmenters(self) -> tuple[DualAttentionUNet, ...]:
+        """Every segmenter whose softmax inference averages: ``segmenter`` first, then ``members``."""
+        return (self.segmenter, *self.members)
+
+    def parts(self) -> dict[str, torch.nn.Module]:
+        """The networks the bundle holds by weight-name prefix: segmenter(s), then translators when present."""
+        named = {"segmenter": self.segmenter} | {f"segmenter_{k}": m for k, m in enumerate(self.members, 1)}
+        translators = {"translator_t2s": self.translator_t2s, "translator_s2t": self.translator_s2t}
+        return named | {k: m for k, m in translators.items() if m is not None}
 
     def document(self) -> dict[str, Any]:
         from bigl.io import LABEL_VALUES
@@ -79,6 +93,7 @@ class Bundle:
         s2t = self.translator_s2t
         return {
             "segmenter": dataclasses.asdict(self.segmenter.config),
+            "segmenters": len(self.segmenters),
             "sequences": list(self.sequences),
             "source_sequence": self.source_sequence,
             "inference": self.inference,
@@ -103,15 +118,8 @@ def jsonable(obj: Any) -> Any:
 
 
 def _state(bundle: Bundle) -> dict[str, torch.Tensor]:
-    tensors = {}
-    parts = {"segmenter": bundle.segmenter, "translator_t2s": bundle.translator_t2s,
-             "translator_s2t": bundle.translator_s2t}
-    for prefix, module in parts.items():
-        if module is None:
-            continue
-        for k, v in module.state_dict().items():
-            tensors[f"{prefix}.{k}"] = v.detach().to("cpu").contiguous()
-    return tensors
+    return {f"{prefix}.{k}": v.detach().to("cpu").contiguous()
+            for prefix, module in bundle.parts().items() for k, v in module.state_dict().items()}
 
 
 def save_bundle(bundle: Bundle, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -206,7 +214,7 @@ def load_bundle(path: str | os.PathLike | None = None, *, device: str | torch.de
         tensors = load_file(str(path), device="cpu")
         parts: dict[str, torch.nn.Module] = {}
         for name, cfg in configs.items():
-            parts[name] = (DualAttentionUNet if name == "segmenter" else Generator)(cfg)
+            parts[name] = (DualAttentionUNet if name.startswith("segmenter") else Generator)(cfg)
             _load_part(parts[name], tensors, name)
     except BiglError as exc:
         raise BiglError(f"{path}: {exc}") from exc
@@ -228,11 +236,43 @@ def load_bundle(path: str | os.PathLike | None = None, *, device: str | torch.de
         source_sequence=doc.get("source_sequence"),
         inference=doc.get("inference", "direct"),
         path=path,
+        members=tuple(parts[f"segmenter_{k}"] for k in range(1, doc.get("segmenters", 1))),
     )
-    for module in (bundle.segmenter, bundle.translator_t2s, bundle.translator_s2t):
-        if module is not None:
-            module.to(device).eval()
+    for module in bundle.parts().values():
+        module.to(device).eval()
     return bundle
+
+
+def ensemble(bundles: list[Bundle], *, provenance: dict[str, Any] | None = None) -> Bundle:
+    """One bundle holding every segmenter of ``bundles`` (first bundle's first), whose inference averages them all.
+
+    The bundles must be plain supervised models that read the same sequences
+    the same way: one segmenter config, sequences, normalisation (the in-plane
+    spacing included) and training window, and no translators. BiglError
+    naming the bundle that differs otherwise.
+    """
+    if len(bundles) < 2:
+        raise BiglError(f"an ensemble needs at least two model bundles, got {len(bundles)}")
+    first = bundles[0]
+    name = lambda b: str(b.path) if b.path else "a bundle in memory"  # noqa: E731
+    for b in bundles:
+        if b.translator_t2s is not None or b.translator_s2t is not None or b.inference != "direct":
+            raise BiglError(f"{name(b)} is an adapted bundle (it carries translators); an ensemble combines "
+                            "supervised models from `bigl train` — adapt the ensemble afterwards instead")
+        for what, mine, theirs in (("segmenter config", b.config, first.config),
+                                   ("sequences", b.sequences, first.sequences),
+                                   ("intensity normalisation", b.normalization, first.normalization),
+                                   ("training window", b.patch_size, first.patch_size)):
+            if mine != theirs:
+                raise BiglError(f"{name(b)} differs from {name(first)} in its {what} ({mine} vs {theirs}); the "
+                                "members of an ensemble must be trained the same way on the same sequences")
+    nets = [net for b in bundles for net in b.segmenters]
+    if len(nets) > MAX_SEGMENTERS:
+        raise BiglError(f"an ensemble holds at most {MAX_SEGMENTERS} segmenters, these bundles have {len(nets)}")
+    made = {"ensemble_of": [{"path": name(b), "segmenters": len(b.segmenters), "provenance": b.provenance}
+                            for b in bundles]}
+    return dataclasses.replace(first, segmenter=nets[0], members=tuple(nets[1:]), path=None,
+                               provenance={**(provenance or {}), **made})
 
 
 # --------------------------------------------------------------------------- validation before allocation
@@ -240,6 +280,7 @@ def load_bundle(path: str | os.PathLike | None = None, *, device: str | torch.de
 INFERENCE_MODES = ("direct", "translate", "ensemble")
 MAX_PARAMETERS = 100_000_000    # 400 MB of float32; the demo segmenter has ~0.5 M, a translator a few M
 MAX_PATCH = 4096                # pixels per side of the training window
+MAX_SEGMENTERS = 16             # members of an ensemble bundle
 # Inclusive bounds on architecture fields, checked before any network is built (even on the meta device).
 SEGMENTER_BOUNDS = {"in_channels": (1, 64), "num_classes": (2, 16), "attention_reduction": (1, 1024)}
 SEGMENTER_WIDTH, SEGMENTER_LEVELS = (1, 1024), (1, 8)
@@ -280,6 +321,9 @@ def check_document(doc: Any) -> None:
     if patch is not None and not (isinstance(patch, list) and len(patch) == 2
                                   and all(type(v) is int and 1 <= v <= MAX_PATCH for v in patch)):
         raise BiglError(f"the document's 'patch_size' must be null or two ints in 1..{MAX_PATCH}, got {patch!r:.80}")
+    n = doc.get("segmenters", 1)
+    if type(n) is not int or not 1 <= n <= MAX_SEGMENTERS:
+        raise BiglError(f"the document's 'segmenters' must be an int in 1..{MAX_SEGMENTERS}, got {n!r:.80}")
     if doc.get("inference", "direct") not in INFERENCE_MODES:
         raise BiglError(f"the document's 'inference' must be one of {INFERENCE_MODES}, got {doc['inference']!r:.80}")
     for key in ("normalization", "provenance", "labels"):
@@ -307,16 +351,17 @@ def tensor_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def part_configs(doc: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
     """The config of each network the bundle holds (translators only where the header has their tensors)."""
-    configs: dict[str, Any] = {"segmenter": SegmenterConfig.from_dict(doc["segmenter"])}
+    seg = SegmenterConfig.from_dict(doc["segmenter"])
+    configs: dict[str, Any] = {"segmenter": seg} | {f"segmenter_{k}": seg for k in range(1, doc.get("segmenters", 1))}
     present = {k.split(".", 1)[0] for k in header}
-    unknown = sorted(present - set(_PARTS))
+    unknown = sorted(present - set(_PARTS) - set(configs))
     if unknown:
         raise BiglError(f"the weights hold tensors of unknown parts {unknown[:3]}; this is not a bundle bigl wrote")
     if doc.get("translator"):
         t2s = TranslatorConfig.from_dict(doc["translator"])
         s2t = TranslatorConfig.from_dict(doc["translator_s2t"]) if doc.get("translator_s2t") else t2s
         configs |= {name: cfg for name, cfg in (("translator_t2s", t2s), ("translator_s2t", s2t)) if name in present}
-    elif present - {"segmenter"}:
+    elif present - set(configs):
         raise BiglError("the weights hold translator tensors but the document describes no translator")
     return configs
 
@@ -329,7 +374,7 @@ def check_weights(configs: dict[str, Any], header: dict[str, tuple[str, tuple[in
     """
     for name, cfg in configs.items():
         with torch.device("meta"):
-            module = (DualAttentionUNet if name == "segmenter" else Generator)(cfg)
+            module = (DualAttentionUNet if name.startswith("segmenter") else Generator)(cfg)
         n_params = sum(p.numel() for p in module.parameters())
         if n_params > MAX_PARAMETERS:
             raise BiglError(f"the {name} config implies {n_params:,} parameters, above the cap of "

@@ -52,8 +52,9 @@ def _section(title: str, bundle: Bundle, cases: Cases, device, sequence: str | N
     reads = sequence or "+".join(bundle.sequences)
     made = (f"adapted from {bundle.source_sequence} to {'+'.join(bundle.sequences)}" if bundle.source_sequence
             else f"trained on {'+'.join(bundle.sequences)}")
-    lines = [title, f"model: {name} ({made}; {sum(p.numel() for p in bundle.segmenter.parameters()):,} "
-             f"parameters), fed {reads}", "",
+    n = sum(p.numel() for p in bundle.segmenter.parameters())
+    size = f"{len(bundle.segmenters)} segmenters of {n:,} parameters, averaged" if bundle.members else f"{n:,} parameters"
+    lines = [title, f"model: {name} ({made}; {size}), fed {reads}", "",
              f"{'case':24s} {'true WT/TC/ET ml':18s} {'pred WT/TC/ET ml':18s} {'Dice WT/TC/ET %':16s} {'s':>5s}"]
     per_case = []
     for case, images, labels in cases:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,11 +60,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def bundle_translation(bundle: Bundle) -> dict:
-    """predict_prepared's translator arguments for a bundle's inference mode."""
+def bundle_inference(bundle: Bundle) -> dict:
+    """predict_prepared's arguments for how a bundle segments: its other segmenters, its translator and mode."""
     if bundle.inference == "direct" or bundle.translator_t2s is None:
-        return {"translator": None}
-    return {"translator": bundle.translator_t2s, "mode": bundle.inference}
+        return {"members": bundle.members, "translator": None}
+    return {"members": bundle.members, "translator": bundle.translator_t2s, "mode": bundle.inference}
 
 
 @dataclass
@@ -115,8 +115,9 @@ def check_sequence(bundle: Bundle, sequence: str | None) -> None:
 @torch.inference_mode()
 def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: torch.device,
                      batch_size: int = 16, with_attention: bool = True, translator: Generator | None = None,
-                     mode: str = "translate", mirror: bool = False, progress: ProgressFn | None = None,
-                     cancel: CancelFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     mode: str = "translate", mirror: bool = False, members: Sequence[DualAttentionUNet] = (),
+                     progress: ProgressFn | None = None, cancel: CancelFn | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (K, z, y, x) and attention summary (z, y, x) for a normalised volume.
 
     With a ``translator`` (G_t→s), ``mode="translate"`` segments G_t→s(x) and
@@ -124,7 +125,10 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     attention summary always comes from the image Φ actually saw first.
     ``mirror``: every softmax is the mean of Φ's on the slice and on its
     left-right mirror image (mirrored back), test-time augmentation as nnU-Net's
-    (training mirrors left-right only); twice the network's time.
+    (training mirrors left-right only); twice the network's time. ``members``
+    (an ensemble bundle's other segmenters, same config as ``model``): every
+    softmax is the mean of ``model``'s and theirs on the same input; the
+    attention summary is ``model``'s.
 
     Φ runs as its :meth:`~DualAttentionUNet.for_inference` copy, channels_last
     on the CPU (with the translator, if any, as it is): the same labels, the
@@ -133,7 +137,8 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     """
     model.eval()
     cpu = device.type == "cpu"
-    net = model.for_inference(channels_last=cpu)
+    nets = [m.eval().for_inference(channels_last=cpu) for m in (model, *members)]
+    net = nets[0]
 
     def layout(t: torch.Tensor) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last) if cpu else t
@@ -150,10 +155,14 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     amp = precision(device)             # bfloat16/float16 autocast on CUDA, float32 elsewhere
 
     def softmax(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(logits.float(), dim=1)
-        if mirror:
-            p = 0.5 * (p + torch.softmax(net(layout(x.flip(-1))).float(), dim=1).flip(-1))
-        return p
+        """The mean softmax of every segmenter (and mirror) on ``x``, given the first segmenter's logits on it."""
+        total = 0.0
+        for i, n in enumerate(nets):
+            p = torch.softmax((logits if i == 0 else n(layout(x))).float(), dim=1)
+            if mirror:
+                p = 0.5 * (p + torch.softmax(n(layout(x.flip(-1))).float(), dim=1).flip(-1))
+            total = total + p
+        return total / len(nets)
 
     for start in range(0, len(win.z), batch_size):
         report(start)
@@ -248,6 +257,8 @@ def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = Non
     of the slice's and its left-right mirror image's (:func:`predict_prepared`;
     measured in docs/training.md, "Decoding"); ``mirror=False`` halves the network's time.
 
+    An ensemble bundle's probabilities are the mean of its segmenters'.
+
     ``volume`` is a volume, or ``{sequence: volume}`` (see :func:`model_input`;
     a multi-sequence bundle needs every sequence it was trained on).
     ``sequence`` names a single input's MR sequence; a sequence the bundle was
@@ -259,14 +270,15 @@ def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = Non
     warn_about_input(volume)   # anisotropic, oblique or not skull-stripped: say so, then go on
     data, spacing = model_input(bundle, volume, spacing)
     dev = resolve_device(device)
-    bundle.segmenter.to(dev)
+    for net in bundle.segmenters:
+        net.to(dev)
     # a 2D network sees structures at the pixel size it was trained at: other in-plane resolutions go there and back
     factor = inplane_factor(spacing, bundle.normalization.get("inplane_spacing_mm"))
     arrays = data if isinstance(data, list) else [data]
     model_data = [resample_inplane(a, factor) for a in arrays] if factor else arrays
     probs, attention = predict_prepared(bundle.segmenter, prepare(model_data if len(arrays) > 1 else model_data[0]),
                                         device=dev, batch_size=batch_size, with_attention=with_attention,
-                                        mirror=mirror, **bundle_translation(bundle), progress=progress,
+                                        mirror=mirror, **bundle_inference(bundle), progress=progress,
                                         cancel=cancel)
     if factor:
         classes, probs, attention = _back_to_grid(probs, attention if with_attention else None, arrays,

@@ -46,13 +46,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def weights_sha256(bundle: Bundle) -> str:
-    """SHA-256 over the bundle's weights (segmenter and translators): name, dtype, shape and values of each tensor."""
+    """SHA-256 over the bundle's weights (segmenters and translators): name, dtype, shape and values of each tensor."""
     digest = hashlib.sha256()
-    parts = {"segmenter": bundle.segmenter, "translator_t2s": bundle.translator_t2s,
-             "translator_s2t": bundle.translator_s2t}
-    for prefix, module in parts.items():
-        if module is None:
-            continue
+    for prefix, module in bundle.parts().items():
         for name, tensor in sorted(module.state_dict().items()):
             t = tensor.detach().to("cpu").contiguous()
             digest.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 
@@ -125,3 +126,48 @@ def test_weights_not_matching_config(tmp_path):
 def test_missing_bundle_names_the_path(tmp_path):
     with pytest.raises(BiglError, match="nope.safetensors"):
         load_bundle(tmp_path / "nope.safetensors")
+
+
+def _member(seed, widths=(8, 16, 32)):
+    torch.manual_seed(seed)
+    return Bundle(segmenter=DualAttentionUNet(SegmenterConfig(widths=widths)), sequences=("t1",), patch_size=(32, 40),
+                  provenance={"seed": seed})
+
+
+def test_ensemble_round_trip_keeps_every_segmenter_in_order(tmp_path):
+    pair = checkpoint.ensemble([_member(1), _member(2)])
+    triple = checkpoint.ensemble([pair, _member(3)], provenance={"command": "test"})   # an ensemble of ensembles
+    loaded = load_bundle(save_bundle(triple, tmp_path / "e.safetensors"))
+    assert len(loaded.segmenters) == 3 and read_document(loaded.path)["segmenters"] == 3
+    x = torch.randn(1, 1, 32, 40)
+    for seed, net in zip((1, 2, 3), loaded.segmenters):
+        assert torch.equal(_member(seed).segmenter.eval()(x), net(x))
+    made = loaded.provenance["ensemble_of"]
+    assert loaded.provenance["command"] == "test" and [m["segmenters"] for m in made] == [2, 1]
+    assert made[1]["provenance"] == {"seed": 3}
+    assert not any(n.training for n in loaded.segmenters)
+
+
+@pytest.mark.parametrize("other, match", [
+    (lambda: _member(2, widths=(8, 16, 64)), "segmenter config"),
+    (lambda: dataclasses.replace(_member(2), sequences=("t2",)), "sequences"),
+    (lambda: dataclasses.replace(_member(2), normalization={"inplane_spacing_mm": 1.0}), "normalisation"),
+    (lambda: dataclasses.replace(_member(2), translator_t2s=Generator(TranslatorConfig(width=8, n_res_blocks=1)),
+                                 inference="translate"), "adapted bundle"),
+])
+def test_ensemble_refuses_members_that_differ(other, match):
+    with pytest.raises(BiglError, match=match):
+        checkpoint.ensemble([_member(1), other()])
+    with pytest.raises(BiglError, match="at least two"):
+        checkpoint.ensemble([_member(1)])
+
+
+def test_segmenter_count_must_match_the_weights(tmp_path):
+    b = checkpoint.ensemble([_member(1), _member(2)])
+    for count, match in ((3, "missing"), (1, "unknown parts"), (0, "'segmenters' must be"), ("2", "'segmenters' must be")):
+        doc = b.document() | {"segmenters": count}
+        p = tmp_path / f"bad{count}.safetensors"
+        save_file(checkpoint._state(b), str(p), metadata={"format": "bigl-bundle", "format_version": "1",
+                                                         "document": json.dumps(doc)})
+        with pytest.raises(BiglError, match=match):
+            load_bundle(p)

@@ -6,6 +6,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from bigl.checkpoint import load_bundle
 from bigl.cli import main
@@ -171,3 +172,29 @@ def test_progress_bars_one_per_stage_on_a_terminal(capsys):
     assert "translator" in err and "4/4" in err and "align" in err and "3/3" in err and "loss=0.5" in err
     TextProgress(enabled=False)(Progress("x", 1, 1))
     assert capsys.readouterr().err == ""
+
+
+def test_ensemble_command_combines_bundles_and_refuses_mismatches(tiny_dataset, tiny_bundle_path, tiny_multi_path,
+                                                                  tmp_path, capsys):
+    from bigl.checkpoint import save_bundle
+
+    b = load_bundle(tiny_bundle_path)
+    with torch.no_grad():
+        for p in b.segmenter.parameters():
+            p.mul_(1.1)
+    other = save_bundle(b, tmp_path / "other.safetensors")
+    out = tmp_path / "ens.safetensors"
+    assert main(["ensemble", "--models", str(tiny_bundle_path), str(other), "--out", str(out)]) == 0
+    assert "2 t1 segmenters" in capsys.readouterr().out
+    ens = load_bundle(out)
+    assert len(ens.segmenters) == 2 and ens.provenance["models"] == [str(tiny_bundle_path), str(other)]
+    src = next(sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0].glob("*_t1.nii.gz"))
+    assert main(["segment", "--model", str(out), "--input", str(src), "--out", str(tmp_path / "s.nii.gz"),
+                 "--device", "cpu"]) == 0
+    before = out.read_bytes()
+    assert main(["ensemble", "--models", str(tiny_bundle_path), str(other), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["ensemble", "--models", str(tiny_bundle_path), str(tiny_multi_path), "--out",
+                 str(tmp_path / "mixed.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert str(tiny_multi_path) in err and "differs" in err and not (tmp_path / "mixed.safetensors").exists()

@@ -1,10 +1,11 @@
+import copy
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from bigl.checkpoint import load_bundle
+from bigl.checkpoint import ensemble, load_bundle
 from bigl.errors import BiglError
 from bigl.infer import (
     SequenceMismatchWarning,
@@ -144,3 +145,25 @@ def test_remove_small_lesions_drops_specks_keeps_lesions():
     np.testing.assert_array_equal(remove_small_lesions(labels, (2.0, 2.0, 2.0), 0.0), labels)
     # the same lesion at 1 mm is 0.14 ml: below 0.5 ml it goes
     assert not remove_small_lesions(labels, (1.0, 1.0, 1.0), 0.5).any()
+
+
+def _perturbed(bundle, seed):
+    """A copy of ``bundle`` with every weight moved a little: a second member that disagrees with the first."""
+    other = dataclasses.replace(bundle, segmenter=copy.deepcopy(bundle.segmenter), path=None)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.segmenter.parameters():
+            p.add_(0.3 * p.abs().mean() * torch.randn(p.shape, generator=g))
+    return other
+
+
+def test_ensemble_probabilities_are_the_mean_of_its_segmenters(tiny_bundle_path, case_t1):
+    first = load_bundle(tiny_bundle_path)
+    second = _perturbed(first, 1)
+    both = ensemble([first, second])
+    singles = [segment_volume(b, case_t1, device="cpu") for b in (first, second)]
+    mixed = segment_volume(both, case_t1, device="cpu")
+    np.testing.assert_allclose(mixed.probabilities, 0.5 * (singles[0].probabilities + singles[1].probabilities),
+                               atol=1e-5)
+    assert np.abs(singles[0].probabilities - singles[1].probabilities).max() > 1e-2   # the members disagree
+    np.testing.assert_array_equal(mixed.attention, singles[0].attention)               # attention: the first's

@@ -103,6 +103,9 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     rng = seed_everything(cfg.seed)
     t0 = time.perf_counter()
     seg = copy.deepcopy(source.segmenter).to(dev)
+    if source.members:
+        log.info("%s is an ensemble of %d segmenters: adaptation fine-tunes its first; the adapted bundle holds "
+                 "that one", source.path or "the source model", len(source.segmenters))
     base = dict(sequences=(target_sequence,), source_sequence=source_sequence, normalization=source.normalization)
 
     def cached(cases: list[Case], sequence: str, labels: bool) -> list:
@@ -118,7 +121,8 @@ def adapt(source: Bundle, source_data: str | Path | list[Case], source_sequence:
     provenance = {"command": "adapt", "method": cfg.method, "source_bundle": str(source.path) if source.path else None,
                   "source_sequence": source_sequence, "target_sequence": target_sequence,
                   "source_cases": [c.case_id for c in src_cases], "target_cases": [v.name for v in tgt],
-                  "config": jsonable(asdict(cfg)), "device": str(dev), "world_size": ddp.world_size}
+                  "source_segmenters": len(source.segmenters), "config": jsonable(asdict(cfg)), "device": str(dev),
+                  "world_size": ddp.world_size}
 
     if cfg.method == "source-only":
         bundle = Bundle(segmenter=seg.eval(), patch_size=patch, provenance=provenance, **base)

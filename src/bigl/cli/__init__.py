@@ -58,6 +58,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from bigl.checkpoint import ensemble, load_bundle, save_bundle
+
+    out = Path(args.out)
+    bundle_outputs(out, overwrite=args.overwrite)
+    members = [load_bundle(m) for m in args.models]
+    bundle = ensemble(members, provenance={"command": "bigl ensemble", "models": [str(m) for m in args.models]})
+    save_bundle(bundle, out, overwrite=args.overwrite)
+    print(f"wrote {out}: {len(bundle.segmenters)} {'+'.join(bundle.sequences)} segmenters; inference averages "
+          "their probabilities")
+    return 0
+
+
 def _is_dataset_folder(path: Path) -> bool:
     """A folder of case folders (no NIfTI file of its own): `bigl segment` segments every case in it."""
     if not path.is_dir():
@@ -225,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(p)
     common_options(p, seed=True)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("ensemble", help="combine models trained the same way (e.g. with other --seed) into one "
+                                        "bundle whose inference averages them")
+    p.add_argument("--models", required=True, nargs="+", metavar="BUNDLE",
+                   help="two or more bundles from `bigl train` on the same sequences (ensembles too); the first "
+                        "one's segmenter is the one attention maps and adaptation use")
+    p.add_argument("--out", required=True, help="ensemble bundle to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_ensemble)
 
     p = sub.add_parser("segment", help="segment one volume or case folder")
     p.add_argument("--model", default=None,
