@@ -225,3 +225,41 @@ def test_adaptation_refuses_a_multi_sequence_model(tiny_dataset, tmp_path):
     res = train(tiny_dataset, ["t1", "t2"], tmp_path / "m.safetensors", TrainConfig(steps=1, **SMALL), device="cpu")
     with pytest.raises(BiglError, match="single-sequence, single-slice model"):
         adapt(load_bundle(res.best_path), tiny_dataset, "t1", tiny_dataset, "t2", device="cpu")
+
+
+def test_distillation_loss_pulls_the_student_towards_the_teachers_mean():
+    torch.manual_seed(0)
+    nets = [bigl.train.DualAttentionUNet(SegmenterConfig(widths=(8, 16, 32))).eval() for _ in range(3)]
+    x = torch.randn(2, 1, 32, 32)
+    student = torch.nn.Parameter(nets[0](x).detach().clone())
+    assert bigl.train.distillation_loss(student, nets[:1], x).abs() < 1e-6      # the same network: nothing to learn
+    before = bigl.train.distillation_loss(student, nets[1:], x)
+    assert before > 0
+    before.backward()
+    with torch.no_grad():
+        student -= 50 * student.grad
+    assert bigl.train.distillation_loss(student, nets[1:], x) < before
+
+
+def test_teacher_is_used_recorded_and_checked(tiny_dataset, tmp_path, monkeypatch):
+    import dataclasses
+
+    from bigl.checkpoint import ensemble
+
+    first = train(tiny_dataset, "t1", tmp_path / "a.safetensors", TrainConfig(steps=2, **SMALL), device="cpu")
+    teacher = ensemble([load_bundle(first.last_path), load_bundle(first.best_path)])
+    calls = []
+    real = bigl.train.distillation_loss
+    monkeypatch.setattr(bigl.train, "distillation_loss", lambda *a: calls.append(len(a[1])) or real(*a))
+    res = train(tiny_dataset, "t1", tmp_path / "s.safetensors", TrainConfig(steps=2, **SMALL), device="cpu",
+                teacher=teacher)
+    assert calls == [2, 2] and res.bundle.provenance["teacher"] == "a bundle in memory"
+    with pytest.raises(BiglError, match="same input"):
+        train(tiny_dataset, "t2", tmp_path / "t.safetensors", TrainConfig(steps=1, **SMALL), device="cpu",
+              teacher=teacher)
+    coarse = dataclasses.replace(teacher, normalization=teacher.normalization | {"inplane_spacing_mm": [1.0, 1.0]})
+    with pytest.raises(BiglError, match="same pixel size"):
+        train(tiny_dataset, "t1", tmp_path / "u.safetensors", TrainConfig(steps=1, **SMALL), device="cpu",
+              teacher=coarse)
+    with pytest.raises(BiglError, match="distill_weight"):
+        TrainConfig(distill_weight=-1)
