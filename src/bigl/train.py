@@ -146,14 +146,14 @@ def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor, dic
 
 
 def _teacher_nets(teacher: Bundle | None, inplane: tuple[float, ...], device: torch.device) -> list[nn.Module]:
-    """The teacher's segmenters, frozen on ``device``; BiglError unless it learnt at the in-plane spacing used here."""
+    """Frozen copies of the teacher's segmenters on ``device``; BiglError unless it learnt at the spacing used here."""
     if teacher is None:
         return []
     theirs = teacher.normalization.get("inplane_spacing_mm")
     if theirs is None or not np.allclose(theirs, inplane, rtol=0.01):
         raise BiglError(f"{teacher.path or 'the teacher'} was trained at {theirs} mm in-plane, these cases train at "
                         f"{list(inplane)} mm: a teacher must see structures at the same pixel size")
-    return [net.to(device).eval().requires_grad_(False) for net in teacher.segmenters]
+    return [copy.deepcopy(net).to(device).eval().requires_grad_(False) for net in teacher.segmenters]
 
 
 def distillation_loss(logits: torch.Tensor, teachers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
