@@ -81,7 +81,6 @@ class TrainConfig:
     weight_ema: float = 0.0
     dice: str = "regions"             # soft Dice over the WT/TC/ET regions or over the tumour classes (bigl.losses)
     deep_supervision: bool = False    # also supervise the coarser decoder levels (DeepSupervised)
-    distill_weight: float = 1.0       # with a teacher: weight of the KL divergence to its softmax (distillation)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)  # in_channels is set from the sequences
 
     def __post_init__(self) -> None:
@@ -91,8 +90,6 @@ class TrainConfig:
                 raise BiglError(f"training setting {name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise BiglError(f"training setting lr must be > 0, got {self.lr!r}")
-        if not self.distill_weight >= 0:
-            raise BiglError(f"training setting distill_weight must be >= 0, got {self.distill_weight!r}")
         if not 0.0 <= self.weight_ema < 1.0:
             raise BiglError(f"training setting weight_ema must be in [0, 1), got {self.weight_ema!r}")
         if self.dice not in DICE_KINDS:
@@ -143,25 +140,6 @@ def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor, dic
         step = target.shape[-1] // logits.shape[-1]
         total = total + w * segmentation_loss(logits, target[:, ::step, ::step], dice=dice)
     return total / sum(weights)
-
-
-def _teacher_nets(teacher: Bundle | None, inplane: tuple[float, ...], device: torch.device) -> list[nn.Module]:
-    """Frozen copies of the teacher's segmenters on ``device``; BiglError unless it learnt at the spacing used here."""
-    if teacher is None:
-        return []
-    theirs = teacher.normalization.get("inplane_spacing_mm")
-    if theirs is None or not np.allclose(theirs, inplane, rtol=0.01):
-        raise BiglError(f"{teacher.path or 'the teacher'} was trained at {theirs} mm in-plane, these cases train at "
-                        f"{list(inplane)} mm: a teacher must see structures at the same pixel size")
-    return [copy.deepcopy(net).to(device).eval().requires_grad_(False) for net in teacher.segmenters]
-
-
-def distillation_loss(logits: torch.Tensor, teachers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """Mean per-pixel KL(p_teacher || p_student), p_teacher the mean softmax of ``teachers`` on ``x``."""
-    with torch.no_grad():
-        target = torch.stack([torch.softmax(t(x).float(), dim=1) for t in teachers]).mean(0)
-    log_p = torch.log_softmax(logits.float(), dim=1)
-    return (target * (torch.log(target.clamp_min(1e-8)) - log_p)).sum(1).mean()
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -223,17 +201,11 @@ def _sequences(sequences: str | Sequence[str]) -> tuple[str, ...]:
 def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: str | Path,
           config: TrainConfig | None = None, *, device: str | torch.device = "auto", overwrite: bool = False,
           progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-          cache_dir: str | Path | None = None, init: str | Path | Bundle | None = None,
-          teacher: str | Path | Bundle | None = None) -> TrainResult:
+          cache_dir: str | Path | None = None, init: str | Path | Bundle | None = None) -> TrainResult:
     """Train a segmenter on ``sequences`` (one, or several as input channels) of a labelled dataset.
 
     ``init``: start from this bundle's network (fine-tuning; its architecture replaces
     ``config.segmenter`` and must read as many input channels as ``sequences`` give).
-    ``teacher``: a bundle (typically an ensemble, :func:`bigl.checkpoint.ensemble`)
-    on the same sequences and in-plane spacing; the loss adds ``config.distill_weight``
-    times the KL divergence from the mean softmax of its segmenters, on the same
-    augmented batch, to the network's (knowledge distillation: one network
-    learns what several agree on).
 
     The best model by validation Dice (with fewer than ``MIN_SELECTION_CASES``
     validation cases: the last) goes to ``out`` (must end in
@@ -255,11 +227,6 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
         raise BiglError(f"{start.path or 'the initial model'} reads {start.segmenter.config.in_channels} input "
                         f"channel(s) ({', '.join(start.sequences)}); training on {', '.join(seqs)} needs "
                         f"{seg_cfg.in_channels}: start from a model of as many sequences, or leave out --init")
-    teach = teacher if isinstance(teacher, Bundle) or teacher is None else load_bundle(teacher)
-    if teach is not None and (tuple(teach.sequences) != seqs or teach.config.in_channels != seg_cfg.in_channels):
-        raise BiglError(f"{teach.path or 'the teacher'} reads {', '.join(teach.sequences)} with "
-                        f"{teach.config.in_channels} input channel(s); the model trained here reads {', '.join(seqs)} "
-                        f"with {seg_cfg.in_channels}: the teacher must read the same input")
     out = Path(out)
     last_out = out.with_name(out.stem + ".last.safetensors")
     for p in (out, last_out):
@@ -282,7 +249,6 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
     log.info("training on %d cases, validating on %d (%s)", len(train_cases), len(val_cases), ", ".join(seqs))
     # the resolution the model learns at: the training cases' median in-plane spacing; others are brought to it
     inplane = tuple(float(v) for v in np.median([header_spacing(c.files[seqs[0]])[1:] for c in train_cases], axis=0))
-    teachers = _teacher_nets(teach, inplane, dev)     # checked before the cache is built
 
     def cached(cases: list[Case]) -> list:
         return cache_cases(cases, seqs, labels=True, inplane_mm=inplane, cache_dir=cache_dir, progress=progress,
@@ -311,8 +277,7 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
                   "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in val_cases],
                   "sequences": list(seqs), "config": jsonable(asdict(replace(cfg, segmenter=seg_cfg))),
                   "device": str(dev), "world_size": ddp.world_size,
-                  "init": None if start is None else str(start.path or "a bundle in memory"),
-                  "teacher": None if teach is None else str(teach.path or "a bundle in memory")}
+                  "init": None if start is None else str(start.path or "a bundle in memory")}
 
     def make_bundle(step: int, metrics: dict[str, float]) -> Bundle:
         return Bundle(segmenter=kept, sequences=seqs, patch_size=patch, normalization=normalization,
@@ -344,9 +309,6 @@ def train(data: str | Path | list[Case], sequences: str | Sequence[str], out: st
             with precision.autocast():
                 logits = net(x)        # or, under deep supervision, the logits of every level
                 loss = deep_supervision_loss(logits if cfg.deep_supervision else [logits], y, cfg.dice)
-                if teachers:
-                    loss = loss + cfg.distill_weight * distillation_loss(
-                        logits[0] if cfg.deep_supervision else logits, teachers, x)
             if not torch.isfinite(loss):   # stop at once: every later step would train on NaN weights
                 raise BiglError(f"training diverged at step {step} (loss {loss.item()}); the best model so far is "
                                 f"{partial_path(out)} — retrain with a lower --lr or report this as a bug")

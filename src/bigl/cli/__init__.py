@@ -45,10 +45,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       val_every=args.val_every, augment=args.augment != "none", augmentation=aug, workers=args.workers,
                       weight_ema=args.weight_ema, dice=args.dice, deep_supervision=args.deep_supervision,
-                      distill_weight=args.distill_weight,
                       segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices))
     result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
-                   progress=TextProgress(), cache_dir=args.cache_dir, init=args.init, teacher=args.teacher)
+                   progress=TextProgress(), cache_dir=args.cache_dir, init=args.init)
     if not main_process():
         return 0
     written = result.bundle.provenance.get("val_metrics", {}).get("average_dice", float("nan"))
@@ -236,11 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="fine-tune: start from this bundle's network (its architecture; as many input channels)")
-    p.add_argument("--teacher", default=None, metavar="MODEL",
-                   help="distil: also fit this bundle's (e.g. an ensemble's) probabilities on every batch; same "
-                        "sequences and in-plane spacing")
-    p.add_argument("--distill-weight", type=float, default=TRAIN_DEFAULTS.distill_weight, metavar="W",
-                   help="weight of the teacher's term (default %(default)s)")
     data_options(p)
     common_options(p, seed=True)
     p.set_defaults(func=_cmd_train)
