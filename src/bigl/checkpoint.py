@@ -214,7 +214,7 @@ def load_bundle(path: str | os.PathLike | None = None, *, device: str | torch.de
         tensors = load_file(str(path), device="cpu")
         parts: dict[str, torch.nn.Module] = {}
         for name, cfg in configs.items():
-            parts[name] = (DualAttentionUNet if name.startswith("segmenter") else Generator)(cfg)
+            parts[name] = _network(name, cfg)
             _load_part(parts[name], tensors, name)
     except BiglError as exc:
         raise BiglError(f"{path}: {exc}") from exc
@@ -366,6 +366,11 @@ def part_configs(doc: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
     return configs
 
 
+def _network(part: str, cfg: Any) -> torch.nn.Module:
+    """The network of a bundle part (``segmenter``, ``segmenter_<k>``, ``translator_*``) built from its config."""
+    return (DualAttentionUNet if part.startswith("segmenter") else Generator)(cfg)
+
+
 def check_weights(configs: dict[str, Any], header: dict[str, tuple[str, tuple[int, ...]]]) -> None:
     """Compare the tensors the configs imply (built on the meta device: no memory) with the weights' header.
 
@@ -374,7 +379,7 @@ def check_weights(configs: dict[str, Any], header: dict[str, tuple[str, tuple[in
     """
     for name, cfg in configs.items():
         with torch.device("meta"):
-            module = (DualAttentionUNet if name.startswith("segmenter") else Generator)(cfg)
+            module = _network(name, cfg)
         n_params = sum(p.numel() for p in module.parameters())
         if n_params > MAX_PARAMETERS:
             raise BiglError(f"the {name} config implies {n_params:,} parameters, above the cap of "

@@ -135,7 +135,6 @@ def predict_prepared(model: DualAttentionUNet, vol: PreparedVolume, *, device: t
     probabilities within 1e-5, the network 1.6-1.9x faster on a 2-core CPU
     (docs/benchmarks.md, "CPU inference speed").
     """
-    model.eval()
     cpu = device.type == "cpu"
     nets = [m.eval().for_inference(channels_last=cpu) for m in (model, *members)]
     net = nets[0]
