@@ -243,7 +243,8 @@ def model_input(bundle: Bundle, volume: Inputs, spacing: tuple[float, float, flo
 def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = None,
                    spacing: tuple[float, float, float] | None = None, device: str | torch.device = "auto",
                    batch_size: int = 16, with_attention: bool = True, with_probabilities: bool = True,
-                   min_lesion_ml: float = MIN_LESION_ML, mirror: bool = True, progress: ProgressFn | None = None,
+                   min_lesion_ml: float = MIN_LESION_ML, mirror: bool | None = None,
+                   progress: ProgressFn | None = None,
                    cancel: CancelFn | None = None) -> Segmentation:
     """Segment one raw (un-normalised) volume, or a case's sequences, with a bundle; outputs lie on the input grid.
 
@@ -252,11 +253,14 @@ def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = Non
     ``with_probabilities=False`` gives the same labels without keeping the
     probabilities (``Segmentation.probabilities`` is then None): faster and
     4 bytes x 4 classes per voxel lighter. ``with_attention=False`` leaves the
-    attention volume at 0. ``mirror`` (default): the probabilities are the mean
+    attention volume at 0. ``mirror=True``: the probabilities are the mean
     of the slice's and its left-right mirror image's (:func:`predict_prepared`;
     measured in docs/training.md, "Decoding"); ``mirror=False`` halves the network's time.
 
     An ensemble bundle's probabilities are the mean of its segmenters'.
+    ``mirror=None`` (default): mirror a single segmenter, not an ensemble —
+    two networks already average two views at the cost of one mirrored
+    network, and mirroring them as well gained nothing (docs/training.md, "Ensembles").
 
     ``volume`` is a volume, or ``{sequence: volume}`` (see :func:`model_input`;
     a multi-sequence bundle needs every sequence it was trained on).
@@ -268,6 +272,8 @@ def segment_volume(bundle: Bundle, volume: Inputs, *, sequence: str | None = Non
     check_sequence(bundle, sequence)
     warn_about_input(volume)   # anisotropic, oblique or not skull-stripped: say so, then go on
     data, spacing = model_input(bundle, volume, spacing)
+    if mirror is None:
+        mirror = len(bundle.segmenters) == 1
     dev = resolve_device(device)
     for net in bundle.segmenters:
         net.to(dev)

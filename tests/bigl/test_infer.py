@@ -161,9 +161,13 @@ def test_ensemble_probabilities_are_the_mean_of_its_segmenters(tiny_bundle_path,
     first = load_bundle(tiny_bundle_path)
     second = _perturbed(first, 1)
     both = ensemble([first, second])
-    singles = [segment_volume(b, case_t1, device="cpu") for b in (first, second)]
-    mixed = segment_volume(both, case_t1, device="cpu")
-    np.testing.assert_allclose(mixed.probabilities, 0.5 * (singles[0].probabilities + singles[1].probabilities),
-                               atol=1e-5)
-    assert np.abs(singles[0].probabilities - singles[1].probabilities).max() > 1e-2   # the members disagree
-    np.testing.assert_array_equal(mixed.attention, singles[0].attention)               # attention: the first's
+    # by default an ensemble runs each member once (no mirror pass), a single network mirrored
+    for mirror, asked in ((False, {}), (True, {"mirror": True})):
+        singles = [segment_volume(b, case_t1, device="cpu", mirror=mirror) for b in (first, second)]
+        mixed = segment_volume(both, case_t1, device="cpu", **asked)
+        np.testing.assert_allclose(mixed.probabilities, 0.5 * (singles[0].probabilities + singles[1].probabilities),
+                                   atol=1e-5)
+        assert np.abs(singles[0].probabilities - singles[1].probabilities).max() > 1e-2   # the members disagree
+        np.testing.assert_array_equal(mixed.attention, singles[0].attention)               # attention: the first's
+    mirrored_first = segment_volume(first, case_t1, device="cpu")
+    np.testing.assert_array_equal(mirrored_first.probabilities, singles[0].probabilities)  # a single one: mirrored

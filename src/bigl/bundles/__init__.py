@@ -1,8 +1,10 @@
 """The model bundles shipped with bigl, and which one a command uses when no ``--model`` is given.
 
-- ``t1.safetensors``: a single-sequence T1 model. Used for one volume (a file,
+- ``t1.safetensors``: a single-sequence T1 model, an ensemble of two networks
+  (seeds 1 and 2 of one command; probabilities averaged). Used for one volume (a file,
   or ``--modality X``); on another sequence it warns and points at
-  adaptation ("Adapt to this modality" / ``bigl adapt``), which starts from it.
+  adaptation ("Adapt to this modality" / ``bigl adapt``), which starts from its
+  first network.
 - ``t1_to_t2.safetensors``: the T1 model adapted to T2 by ``bigl adapt`` (BiGL, no
   T2 labels); the demo shows it next to the T1 model failing on T2.
 - ``multi.safetensors``: a four-sequence model (t1, t1ce, t2, flair as input
