@@ -150,7 +150,8 @@ def model_note(path: str) -> str:
         for prefix in (f"{path}: ", f"{Path(path)}: "):
             text = text.removeprefix(prefix)
         return f"⚠ {text}"
-    return f"trained on {', '.join(doc.get('sequences', []))}"
+    n = doc.get("segmenters", 1)
+    return f"trained on {', '.join(doc.get('sequences', []))}" + (f"; {n} networks averaged" if n > 1 else "")
 
 
 def case_name(layer: Any) -> str:

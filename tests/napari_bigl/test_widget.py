@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from bigl.adapt import AdaptConfig, TranslatorTrainConfig
-from bigl.checkpoint import load_bundle
+from bigl.checkpoint import ensemble, load_bundle, save_bundle
 from bigl.cli import main as bigl_main
 from bigl.infer import attention_query
 from bigl.io import read_nifti
@@ -415,3 +415,11 @@ def test_progress_text():
     assert ctl.format_progress(Progress("segment", 3, 3, {}, 1.0)) == "segment 3/3"
     assert ctl.device_note("auto", has_cuda=False).startswith("Runs on the CPU")
     assert ctl.device_note("auto", has_cuda=True) == "Runs on the GPU."
+
+
+def test_model_note_says_what_the_bundle_reads_and_how_many_networks(tiny_bundle_path, tmp_path):
+    assert ctl.model_note(str(tiny_bundle_path)) == "trained on t1"
+    pair = save_bundle(ensemble([load_bundle(tiny_bundle_path), load_bundle(tiny_bundle_path)]),
+                       tmp_path / "pair.safetensors")
+    assert ctl.model_note(str(pair)) == "trained on t1; 2 networks averaged"
+    assert ctl.model_note(str(tmp_path / "missing.safetensors")).startswith("⚠")
