@@ -8,7 +8,8 @@
 - ``t1_to_t2.safetensors``: the T1 model adapted to T2 by ``bigl adapt`` (BiGL, no
   T2 labels); the demo shows it next to the T1 model failing on T2.
 - ``multi.safetensors``: a four-sequence model (t1, t1ce, t2, flair as input
-  channels). Used for a case folder when no ``--modality`` is given.
+  channels), two networks averaged like the T1 model's. Used for a case folder
+  when no ``--modality`` is given.
 
 The T1 and four-sequence models are trained by the documented commands in
 ``docs/training.md``, the adapted model by the one in ``docs/adaptation.md``.
