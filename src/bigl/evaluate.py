@@ -22,12 +22,14 @@ REGION_ORDER = ("WT", "TC", "ET", "average")
 
 def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], sequence: str | None = None, *,
                      device: str | torch.device = "auto", progress: ProgressFn | None = None,
-                     cancel: CancelFn | None = None, cavity: str = "error") -> dict[str, Any]:
+                     cancel: CancelFn | None = None, cavity: str = "error", mirror: bool | None = None
+                     ) -> dict[str, Any]:
     """Segment ``sequence`` of every labelled case and score it against the labels.
 
     ``sequence`` None: the bundle's own sequence(s) — every one of them for a
     multi-sequence bundle.
 
+    ``mirror``: as :func:`bigl.infer.segment_volume`'s (default: mirror a single network, not an ensemble).
     ``cavity``: what a BraTS 2024 resection-cavity label becomes (see :func:`bigl.io.load_labels`).
     Returns ``{"sequence", "model", "per_case": [{"case", "WT": {...}, ...}], "summary": summarize(...)}``;
     Dice values are fractions in [0, 1], HD95 in mm.
@@ -46,7 +48,8 @@ def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], seque
         images = load_images(case, sequences)
         image = images[sequences[0]]
         labels = load_labels(case, cavity=cavity)   # checked against every image's grid, this one included
-        seg = segment_volume(bundle, images, device=device, with_attention=False, with_probabilities=False)
+        seg = segment_volume(bundle, images, device=device, with_attention=False, with_probabilities=False,
+                             mirror=mirror)
         if seg.labels.shape != labels.data.shape:   # only a bug can get here; say which case anyway
             raise BiglError(f"{image.path}: prediction {seg.labels.shape} and labels {labels.path} "
                             f"{labels.data.shape} differ in shape; put the case's images and seg on one grid")

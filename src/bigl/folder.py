@@ -31,7 +31,7 @@ class FolderResult:
 
 
 def segment_folder(bundle: Bundle, dataset_dir: str | Path, out_dir: str | Path, *, modality: str | None = None,
-                   device: str | torch.device = "auto", overwrite: bool = False,
+                   device: str | torch.device = "auto", overwrite: bool = False, mirror: bool | None = None,
                    progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> FolderResult:
     """Segment every case folder of a dataset into ``out_dir/<case id>.nii.gz``, on each case's grid.
 
@@ -41,6 +41,7 @@ def segment_folder(bundle: Bundle, dataset_dir: str | Path, out_dir: str | Path,
     read, segmented or written is recorded in ``failed`` and the rest go on.
     The next case is read and the previous one written on worker threads
     while a case is segmented (NIfTI decompression and compression release the GIL).
+    ``mirror``: as :func:`bigl.infer.segment_volume`'s.
     """
     out_dir = Path(out_dir)
     if out_dir.name.lower().endswith(NIFTI_OUTPUT):
@@ -89,7 +90,7 @@ def segment_folder(bundle: Bundle, dataset_dir: str | Path, out_dir: str | Path,
                 reading = pool.submit(read, todo[i + 1][0]) if i + 1 < len(todo) else None
             try:
                 seg = segment_volume(bundle, inputs, sequence=None if len(seqs) > 1 else seqs[0], device=dev,
-                                     with_attention=False, with_probabilities=False)
+                                     with_attention=False, with_probabilities=False, mirror=mirror)
             except (BiglError, ValueError, RuntimeError) as exc:
                 result.failed[case.case_id] = str(exc)
                 continue

@@ -10,6 +10,9 @@ import torch
 
 from bigl.checkpoint import load_bundle
 from bigl.cli import main
+from bigl.evaluate import evaluate_dataset
+from bigl.infer import segment_volume
+from bigl.io import read_nifti
 
 
 def test_help_lists_the_commands():
@@ -42,6 +45,34 @@ def test_segment_labels_alone_match_labels_with_extras(tiny_dataset, tiny_bundle
     assert main(common + ["--out", str(tmp_path / "b.nii.gz")]) == 0    # without extras: not computed at all
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "a.nii.gz").dataobj),
                                   np.asarray(nib.load(tmp_path / "b.nii.gz").dataobj))
+
+
+def test_mirror_option_reaches_segment_volume(tiny_dataset, tiny_bundle_path, tmp_path):
+    src = next(sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0].glob("*_t1.nii.gz"))
+    probs = {}
+    for mode in ("auto", "on", "off"):
+        out = tmp_path / mode
+        assert main(["segment", "--model", str(tiny_bundle_path), "--input", str(src), "--out", f"{out}.nii.gz",
+                     "--probabilities", f"{out}_p.nii.gz", "--mirror", mode, "--device", "cpu"]) == 0
+        probs[mode] = np.asarray(nib.load(f"{out}_p.nii.gz").dataobj)
+    expected = segment_volume(load_bundle(tiny_bundle_path), read_nifti(src), device="cpu", mirror=False)
+    np.testing.assert_array_equal(read_nifti(tmp_path / "off.nii.gz").data, expected.labels)
+    np.testing.assert_array_equal(probs["auto"], probs["on"])           # one network: mirrored by default
+    assert np.abs(probs["off"] - probs["on"]).max() > 1e-3
+    # the dataset-folder path and evaluate take it too
+    assert main(["segment", "--model", str(tiny_bundle_path), "--input", str(tiny_dataset), "--modality", "t1",
+                 "--out", str(tmp_path / "folder"), "--mirror", "off", "--device", "cpu"]) == 0
+    folder_labels = np.asarray(nib.load(tmp_path / "folder" / f"{src.parent.name}.nii.gz").dataobj)
+    np.testing.assert_array_equal(folder_labels, np.asarray(nib.load(tmp_path / "off.nii.gz").dataobj))
+    assert not np.array_equal(folder_labels, np.asarray(nib.load(tmp_path / "on.nii.gz").dataobj))
+    scores = {}
+    for mode in ("on", "off"):
+        assert main(["evaluate", "--model", str(tiny_bundle_path), "--data", str(tiny_dataset), "--modality", "t1",
+                     "--mirror", mode, "--json", str(tmp_path / f"{mode}.json"), "--device", "cpu"]) == 0
+        scores[mode] = json.loads((tmp_path / f"{mode}.json").read_text())["per_case"]
+    library = evaluate_dataset(load_bundle(tiny_bundle_path), tiny_dataset, "t1", device="cpu", mirror=False)
+    assert scores["off"] == json.loads(json.dumps(library["per_case"], default=float))
+    assert scores["on"] != scores["off"]
 
 
 @pytest.mark.parametrize("user_policy", [None, "ACTIVE"])

@@ -15,8 +15,8 @@ import bigl._openmp  # noqa: F401  (sets OMP_WAIT_POLICY: before anything below 
 from bigl import __version__
 from bigl.errors import BiglError
 from bigl.io import SEQUENCES
-from bigl.cli._args import (TRAIN_DEFAULTS, TextProgress, bundle_outputs, common_options, data_options,
-                            main_process, positive_float, positive_int)
+from bigl.cli._args import (MIRROR, TRAIN_DEFAULTS, TextProgress, bundle_outputs, common_options, data_options,
+                            main_process, mirror_option, positive_float, positive_int)
 from bigl.cli import research
 from bigl.train import TrainConfig
 
@@ -91,7 +91,7 @@ def _segment_dataset(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.model or default_model(case_folder=True, modality=args.modality))
     t0 = time.perf_counter()
     res = segment_folder(bundle, args.input, args.out, modality=args.modality, device=args.device,
-                         overwrite=args.overwrite, progress=TextProgress())
+                         overwrite=args.overwrite, mirror=MIRROR[args.mirror], progress=TextProgress())
     print(f"segmented {len(res.written)} case(s) of {args.input} into {args.out} in {time.perf_counter() - t0:.0f} s "
           f"(model {bundle.path.name if bundle.path else '?'})"
           + (f"; {len(res.skipped)} skipped: output exists (--overwrite replaces)" if res.skipped else ""))
@@ -126,7 +126,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     # what is not written is not computed: attention maps and input-grid probabilities cost time and memory
     seg = segment_volume(bundle, inputs, sequence=sequence, device=args.device, progress=TextProgress(),
-                         with_attention=bool(args.attention), with_probabilities=bool(args.probabilities))
+                         with_attention=bool(args.attention), with_probabilities=bool(args.probabilities),
+                         mirror=MIRROR[args.mirror])
     arrays = [seg.labels] + [a for a, p in ((seg.attention, args.attention), (seg.probabilities, args.probabilities))
                              if p]
     write_many(list(zip(arrays, outputs)), volume, overwrite=args.overwrite)  # all or none
@@ -146,7 +147,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         check_output(args.json, suffix=".json", overwrite=args.overwrite, what="results file")
     bundle = load_bundle(args.model)
     result = evaluate_dataset(bundle, args.data, args.modality, device=args.device, progress=TextProgress(),
-                              cavity=args.resection_cavity)
+                              cavity=args.resection_cavity, mirror=MIRROR[args.mirror])
     print(format_table(result["summary"], f"{bundle.path} on {args.data} ({result['sequence']}, "
                                           f"{len(result['per_case'])} cases)"))
     if args.json:
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "dataset folder, the output folder (existing outputs are skipped unless --overwrite)")
     p.add_argument("--attention", help="also write the attention summary volume here")
     p.add_argument("--probabilities", help="also write the 4 class probabilities (4D NIfTI) here")
+    mirror_option(p)
     common_options(p)
     p.set_defaults(func=_cmd_segment)
 
@@ -274,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resection-cavity", choices=("error", "background"), default="error",
                    help="label 4 in a BraTS 2023-named seg file (BraTS 2024 resection cavity): refuse the file "
                         "(default) or count it as background, in no region")
+    mirror_option(p)
     common_options(p)
     p.set_defaults(func=_cmd_evaluate)
 

@@ -32,6 +32,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+MIRROR = {"auto": None, "on": True, "off": False}
+
+
+def mirror_option(p: argparse.ArgumentParser) -> None:
+    """``--mirror``: test-time mirroring (``segment_volume``'s ``mirror``)."""
+    p.add_argument("--mirror", choices=tuple(MIRROR), default="auto",
+                   help="also segment each slice's left-right mirror image and average: auto (default) for a "
+                        "single network, not for an ensemble bundle, whose networks already average; off halves "
+                        "a single network's time")
+
+
 def bundle_outputs(*paths: str, overwrite: bool) -> None:
     """Check bundle outputs before any work and clear temporary files that a killed earlier run left."""
     from bigl._fs import check_distinct, check_output, clean_stale_temps
