@@ -247,9 +247,10 @@ def ensemble(bundles: list[Bundle], *, provenance: dict[str, Any] | None = None)
     """One bundle holding every segmenter of ``bundles`` (first bundle's first), whose inference averages them all.
 
     The bundles must be plain supervised models that read the same sequences
-    the same way: one segmenter config, sequences, normalisation (the in-plane
-    spacing included) and training window, and no translators. BiglError
-    naming the bundle that differs otherwise.
+    the same way: one segmenter config, sequences and normalisation (the in-plane
+    spacing included), and no translators. BiglError naming the bundle that
+    differs otherwise. Their training windows may differ (another seed splits
+    the cases otherwise; inference cuts its own window): the ensemble records the first's.
     """
     if len(bundles) < 2:
         raise BiglError(f"an ensemble needs at least two model bundles, got {len(bundles)}")
@@ -261,8 +262,7 @@ def ensemble(bundles: list[Bundle], *, provenance: dict[str, Any] | None = None)
                             "supervised models from `bigl train` — adapt the ensemble afterwards instead")
         for what, mine, theirs in (("segmenter config", b.config, first.config),
                                    ("sequences", b.sequences, first.sequences),
-                                   ("intensity normalisation", b.normalization, first.normalization),
-                                   ("training window", b.patch_size, first.patch_size)):
+                                   ("intensity normalisation", b.normalization, first.normalization)):
             if mine != theirs:
                 raise BiglError(f"{name(b)} differs from {name(first)} in its {what} ({mine} vs {theirs}); the "
                                 "members of an ensemble must be trained the same way on the same sequences")

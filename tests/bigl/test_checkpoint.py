@@ -162,6 +162,12 @@ def test_ensemble_refuses_members_that_differ(other, match):
         checkpoint.ensemble([_member(1)])
 
 
+def test_ensemble_accepts_members_trained_on_other_windows():
+    # another seed splits the cases otherwise, so its training window differs; inference cuts its own window
+    other = dataclasses.replace(_member(2), patch_size=(32, 48))
+    assert checkpoint.ensemble([_member(1), other]).patch_size == (32, 40)
+
+
 def test_segmenter_count_must_match_the_weights(tmp_path):
     b = checkpoint.ensemble([_member(1), _member(2)])
     for count, match in ((3, "missing"), (1, "unknown parts"), (0, "'segmenters' must be"), ("2", "'segmenters' must be")):
