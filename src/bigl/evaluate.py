@@ -31,7 +31,8 @@ def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], seque
 
     ``mirror``: as :func:`bigl.infer.segment_volume`'s (default: mirror a single network, not an ensemble).
     ``cavity``: what a BraTS 2024 resection-cavity label becomes (see :func:`bigl.io.load_labels`).
-    Returns ``{"sequence", "model", "per_case": [{"case", "WT": {...}, ...}], "summary": summarize(...)}``;
+    Returns ``{"sequence", "model", "per_case": [{"case", "WT": {...}, ...}], "summary": summarize(...)}``
+    and the :func:`tumour_breakdown` of the cases (``"tumour_cases"``, ``"no_tumour_cases"``);
     Dice values are fractions in [0, 1], HD95 in mm.
     """
     cases = data if isinstance(data, list) else list_cases(data)
@@ -57,8 +58,41 @@ def evaluate_dataset(bundle: Bundle, data: str | os.PathLike | list[Case], seque
         per_case.append({"case": case.case_id} | scores)
     report(len(cases))
     return {"sequence": "+".join(sequences), "model": str(bundle.path) if bundle.path else None,
-            "per_case": per_case, "summary": summarize([{k: v for k, v in c.items() if k != "case"}
-                                                         for c in per_case])}
+            "per_case": per_case, "summary": summarize(_scores(per_case))} | tumour_breakdown(per_case)
+
+
+def _scores(per_case: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in c.items() if k != "case"} for c in per_case]
+
+
+def tumour_breakdown(per_case: list[dict[str, Any]]) -> dict[str, Any]:
+    """The scores split by whether the reference has a tumour.
+
+    A case without tumour scores Dice 1 in every region when nothing is found and 0 for any finding
+    (BraTS rule), so one such case moves a small set's mean by 100 / n points on a speck. Returns
+    ``{"tumour_cases": summarize(...) of the cases with a tumour (None if there are none),
+    "no_tumour_cases": [{"case", "wt_found_ml"}, ...]}`` (whole tumour found on each case without one).
+    """
+    tumour = [c for c in per_case if c["WT"]["ref_ml"] > 0]
+    return {"tumour_cases": summarize(_scores(tumour)) if tumour else None,
+            "no_tumour_cases": [{"case": c["case"], "wt_found_ml": c["WT"]["pred_ml"]}
+                                for c in per_case if c["WT"]["ref_ml"] == 0]}
+
+
+def format_breakdown(result: dict[str, Any]) -> str:
+    """Lines for a set with cases without tumour: the mean Dice over the tumour cases and what was found
+    on the others; empty when every case has a tumour."""
+    healthy = result["no_tumour_cases"]
+    if not healthy:
+        return ""
+    lines = []
+    if result["tumour_cases"] is not None:
+        n = len(result["per_case"]) - len(healthy)
+        dsc = " / ".join(f"{100 * result['tumour_cases'][r]['dice_mean']:.2f}" for r in REGION_ORDER)
+        lines.append(f"DSC (%) WT / TC / ET / average over the {n} case(s) with a tumour: {dsc}")
+    found = ", ".join(f"{h['case']} {h['wt_found_ml']:.1f} ml" for h in healthy)
+    lines.append(f"whole tumour found on the {len(healthy)} case(s) without one (Dice 100 if none, else 0): {found}")
+    return "\n".join(lines) + "\n"
 
 
 def format_table(summary: dict[str, Any], title: str = "") -> str:

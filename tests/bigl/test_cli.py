@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -137,6 +138,31 @@ def test_evaluate_prints_table_and_writes_json(tiny_dataset, tiny_bundle_path, t
     assert "| DSC (%) |" in out and "| HD95 (mm) |" in out
     result = json.loads((tmp_path / "r.json").read_text())
     assert len(result["per_case"]) == 4 and set(result["summary"]) == {"WT", "TC", "ET", "average"}
+
+
+def test_evaluate_reports_tumour_cases_apart_from_cases_without_tumour(tiny_dataset, tiny_bundle_path, tmp_path,
+                                                                       capsys):
+    from bigl.metrics import summarize
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    seg_path = sorted(data.glob("*/*_seg.nii.gz"))[0]
+    seg = nib.load(seg_path)
+    nib.save(nib.Nifti1Image(np.zeros(seg.shape, np.uint8), seg.affine, seg.header), seg_path)
+    healthy = seg_path.parent.name
+    assert main(["evaluate", "--model", str(tiny_bundle_path), "--data", str(data), "--modality", "t1",
+                 "--json", str(tmp_path / "r.json"), "--device", "cpu", "--mirror", "off"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "r.json").read_text())
+    tumour = [{k: v for k, v in c.items() if k != "case"} for c in result["per_case"] if c["case"] != healthy]
+    assert len(tumour) == 3 and result["tumour_cases"] == summarize(tumour)
+    found = next(c["WT"]["pred_ml"] for c in result["per_case"] if c["case"] == healthy)
+    assert result["no_tumour_cases"] == [{"case": healthy, "wt_found_ml": found}]
+    assert "over the 3 case(s) with a tumour" in out and f"{healthy} {found:.1f} ml" in out
+    # a set where every case has a tumour prints the table alone
+    main(["evaluate", "--model", str(tiny_bundle_path), "--data", str(tiny_dataset), "--modality", "t1",
+          "--device", "cpu", "--mirror", "off"])
+    assert "with a tumour" not in capsys.readouterr().out
 
 
 def test_phantom_command(tmp_path, capsys):

@@ -141,7 +141,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from bigl.checkpoint import load_bundle
     from bigl._fs import check_output
-    from bigl.evaluate import evaluate_dataset, format_table, write_json
+    from bigl.evaluate import evaluate_dataset, format_breakdown, format_table, write_json
 
     if args.json:
         check_output(args.json, suffix=".json", overwrite=args.overwrite, what="results file")
@@ -150,6 +150,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                               cavity=args.resection_cavity, mirror=MIRROR[args.mirror])
     print(format_table(result["summary"], f"{bundle.path} on {args.data} ({result['sequence']}, "
                                           f"{len(result['per_case'])} cases)"))
+    if breakdown := format_breakdown(result):
+        print(breakdown)
     if args.json:
         print(f"wrote {write_json(result, args.json, overwrite=args.overwrite)}")
     return 0
