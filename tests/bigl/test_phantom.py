@@ -159,6 +159,23 @@ def test_t1_spin_echo_weakens_t1_contrast_and_changes_nothing_else(cases_2mm):
             assert 0.25 < gm_wm[1] / gm_wm[0] < 0.75, (seed, key, gm_wm)
 
 
+def test_t1_bright_edema_puts_edema_above_grey_matter_and_changes_nothing_else(cases_2mm):
+    bright = dataclasses.replace(PhantomConfig.preset("small"), p_t1_bright_edema=1.0)
+    ratios = {}
+    for seed in (1, 2, 3):
+        mprage, other = cases_2mm[seed], make_case(seed, bright)
+        assert np.array_equal(mprage.seg, other.seg)
+        for key in ("t2", "flair"):
+            assert np.array_equal(mprage.images[key], other.images[key])
+        assert (mprage.info["t1_bright_edema"], other.info["t1_bright_edema"]) == (False, True)
+        for key in ("t1", "t1ce"):
+            edema_gm = [_inner_mean(c, key, Tissue.EDEMA) / _inner_mean(c, key, Tissue.GM) for c in (mprage, other)]
+            if not np.isnan(edema_gm).any():
+                ratios[seed, key] = edema_gm
+    assert len(ratios) >= 4, ratios
+    assert all(m < 1.0 < b for m, b in ratios.values()), ratios
+
+
 def test_flair_table_keeps_the_signal_order():
     # FLAIR is a milder version of its signal: the same order of the tissues.
     flair = physical_tables()["flair"]
@@ -197,6 +214,8 @@ def test_presets_and_bad_config():
         make_case(0, dataclasses.replace(PhantomConfig.preset("tiny"), spacing=(4.0, 0.0, 4.0)))
     with pytest.raises(BiglError, match="t1_spin_echo"):
         make_case(0, dataclasses.replace(PhantomConfig.preset("tiny"), t1_spin_echo=(0.5, 1.5)))
+    with pytest.raises(BiglError, match="p_t1_bright_edema"):
+        make_case(0, dataclasses.replace(PhantomConfig.preset("tiny"), p_t1_bright_edema=1.5))
     with pytest.raises(BiglError, match="seed"):
         make_case(-1, "tiny")
 

@@ -27,7 +27,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     from bigl.phantom import PhantomConfig, write_dataset
 
     cfg = replace(PhantomConfig.preset(args.preset), p_random_contrast=args.random_contrast,
-                  t1_spin_echo=tuple(args.t1_spin_echo),
+                  t1_spin_echo=tuple(args.t1_spin_echo), p_t1_bright_edema=args.t1_bright_edema,
                   p_healthy=args.healthy if args.healthy is not None else PhantomConfig.p_healthy).validate()
     paths = write_dataset(args.out, n_cases=args.n_cases, seed=args.seed, preset=cfg, overwrite=args.overwrite)
     print(f"wrote {len(paths)} phantom cases to {args.out}")
@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t1-spin-echo", type=float, nargs=2, default=(0.0, 0.0), metavar=("LO", "HI"),
                    help="T1 and T1ce contrast per case from the MPRAGE (0) towards a 2D spin-echo T1 (1), drawn "
                         "uniformly in [LO, HI] (docs/phantom.md); default 0 0: MPRAGE only")
+    p.add_argument("--t1-bright-edema", type=float, default=0.0, metavar="P",
+                   help="share of cases whose T1 and T1ce use the engine's first table, edema brighter than grey "
+                        "matter (not MR physics; for training that does not rest on one T1 contrast, "
+                        "docs/phantom.md); default 0")
     p.add_argument("--healthy", type=float, default=None, metavar="P",
                    help="share of cases without a tumour (default: the engine's, 5 %%)")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")

@@ -81,6 +81,7 @@ class PhantomConfig:
     p_ghosting: float = 0.08  # an N/2 ghost along a phase-encoding axis
     p_random_contrast: float = 0.0  # every tissue mean drawn at random (SynthSeg-style), else the real tables
     t1_spin_echo: tuple[float, float] = (0.0, 0.0)  # T1 / T1ce from MPRAGE (0) towards a spin-echo T1 (1), U(lo, hi)
+    p_t1_bright_edema: float = 0.0  # T1 / T1ce with the engine's first table (edema brighter than grey matter)
     intensity_scale: tuple[float, float] = (200.0, 3000.0)  # log-uniform per volume
     # --- tumour
     wt_volume_ml: tuple[float, float] = (5.0, 250.0)  # total whole-tumour volume, log-uniform
@@ -124,7 +125,7 @@ class PhantomConfig:
         if self.jitter > 1.0 or self.tissue_jitter > 1.0 or self.mass_effect > 0.5 or self.rotation_deg > 45:
             raise BiglError("phantom jitter and tissue_jitter must be <= 1, mass_effect <= 0.5 and rotation_deg <= 45.")
         probs = ("p_no_necrosis", "p_no_enhancement", "p_patchy", "p_partial_rim", "p_two_lobes", "p_healthy",
-                 "p_low_resolution", "p_ghosting", "p_random_contrast")
+                 "p_low_resolution", "p_ghosting", "p_random_contrast", "p_t1_bright_edema")
         if (any(not 0 <= getattr(self, n) <= 1 for n in probs)
                 or self.p_no_necrosis + self.p_no_enhancement + self.p_patchy > 1):
             raise BiglError(f"phantom probabilities {', '.join(probs)} must lie in [0, 1], and "

@@ -36,10 +36,18 @@ SPIN_ECHO_MEANS: dict[str, tuple[float, ...]] = {
     "t1":    (0.0, 0.45, 0.85, 1.00, 0.89, 0.45, 0.74, 0.54, 0.80, 0.82),
     "t1ce":  (0.0, 0.45, 0.85, 1.00, 0.89, 1.25, 0.74, 0.54, 0.80, 1.75),
 }
+# The engine's first T1 / T1ce columns (until 2026-11-30): grey matter, deep grey and CSF near the MPRAGE's, but
+# edema brighter than grey matter, as no T1-weighted scan shows it (docs/phantom.md). Not a physics table; kept for
+# training a model that does not rest on one T1 contrast (PhantomConfig.p_t1_bright_edema).
+BRIGHT_EDEMA_MEANS: dict[str, tuple[float, ...]] = {
+    "t1":    (0.0, 0.30, 0.66, 1.00, 0.86, 0.45, 0.82, 0.38, 0.62, 0.70),
+    "t1ce":  (0.0, 0.32, 0.70, 1.00, 0.88, 1.25, 0.84, 0.40, 0.66, 1.75),
+}
 
 
-def _table(s: str, spin_echo: float = 0.0) -> np.ndarray:
-    table = np.maximum(np.asarray(TISSUE_MEANS[s]), 1e-3)
+def _table(s: str, spin_echo: float = 0.0, bright_edema: bool = False) -> np.ndarray:
+    table = np.maximum(np.asarray(BRIGHT_EDEMA_MEANS[s] if bright_edema and s in BRIGHT_EDEMA_MEANS
+                                  else TISSUE_MEANS[s]), 1e-3)
     if spin_echo and s in SPIN_ECHO_MEANS:
         table = table ** (1.0 - spin_echo) * np.maximum(np.asarray(SPIN_ECHO_MEANS[s]), 1e-3) ** spin_echo
     return table
@@ -111,9 +119,11 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
     noise_rng = np.random.default_rng(rng.integers(2**63))
     # Drawn last, and only when asked for: every other draw of a seed's case stays as it was.
     spin_echo = float(rng.uniform(*cfg.t1_spin_echo)) if cfg.t1_spin_echo[1] > 0 and not random_contrast else 0.0
+    p = cfg.p_t1_bright_edema
+    bright_edema = not random_contrast and (p >= 1 or (p > 0 and bool(rng.uniform() < p)))
     means = {}
     for s in SEQUENCES:
-        m = drawn[s] if random_contrast else _table(s, spin_echo) ** expo[s]
+        m = drawn[s] if random_contrast else _table(s, spin_echo, bright_edema) ** expo[s]
         m[Tissue.BACKGROUND] = 0.0
         means[s] = m.astype(np.float32)
 
@@ -141,6 +151,7 @@ def render(rng: np.random.Generator, cfg, axes, half_box, tissues: np.ndarray, i
         img = np.clip(img, 1, 32767)  # inside the brain never 0, so the mask survives
         img[~mask] = 0
         images[s] = img.astype(np.float32)
-    info.update(intensity_scale=scales, random_contrast=random_contrast, t1_spin_echo=spin_echo, acquired_mm=acquired,
+    info.update(intensity_scale=scales, random_contrast=random_contrast, t1_spin_echo=spin_echo,
+                t1_bright_edema=bright_edema, acquired_mm=acquired,
                 noise=noise_rel, ghosting={s: g[0] for s, g in ghost.items()})
     return images
