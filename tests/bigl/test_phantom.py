@@ -176,6 +176,19 @@ def test_t1_bright_edema_puts_edema_above_grey_matter_and_changes_nothing_else(c
     assert all(m < 1.0 < b for m, b in ratios.values()), ratios
 
 
+def test_t1_bright_edema_share_is_drawn_per_case_after_everything_else():
+    tiny = PhantomConfig.preset("tiny")
+    half, every = (dataclasses.replace(tiny, p_t1_bright_edema=p) for p in (0.5, 1.0))
+    drawn = []
+    for seed in range(8):
+        plain, mixed = make_case(seed, tiny), make_case(seed, half)
+        assert np.array_equal(plain.seg, mixed.seg) and np.array_equal(plain.images["t2"], mixed.images["t2"])
+        same_as = make_case(seed, every) if mixed.info["t1_bright_edema"] else plain
+        assert np.array_equal(mixed.images["t1"], same_as.images["t1"])
+        drawn.append(mixed.info["t1_bright_edema"])
+    assert set(drawn) == {True, False}, drawn
+
+
 def test_flair_table_keeps_the_signal_order():
     # FLAIR is a milder version of its signal: the same order of the tissues.
     flair = physical_tables()["flair"]
