@@ -160,9 +160,10 @@ def test_evaluate_reports_tumour_cases_apart_from_cases_without_tumour(tiny_data
     assert result["no_tumour_cases"] == [{"case": healthy, "wt_found_ml": found}]
     assert "over the 3 case(s) with a tumour" in out and f"{healthy} {found:.1f} ml" in out
     # a set where every case has a tumour prints the table alone
-    main(["evaluate", "--model", str(tiny_bundle_path), "--data", str(tiny_dataset), "--modality", "t1",
-          "--device", "cpu", "--mirror", "off"])
-    assert "with a tumour" not in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(tiny_bundle_path), "--data", str(tiny_dataset), "--modality", "t1",
+                 "--device", "cpu", "--mirror", "off"]) == 0
+    out = capsys.readouterr().out
+    assert "| DSC (%) |" in out and "with a tumour" not in out
 
 
 def test_phantom_command(tmp_path, capsys):
