@@ -14,6 +14,7 @@ from bigl.checkpoint import load_bundle, save_bundle
 from bigl.errors import BiglError
 from bigl.infer import segment_volume
 from bigl.io import list_cases, load_images
+from bigl.models.discriminators import PatchDiscriminatorConfig
 from bigl.models.translator import TranslatorConfig
 from bigl.progress import Cancelled
 
@@ -278,6 +279,40 @@ def test_flipped_start_and_translation_distance_on_known_generators():
     xt, ys = -xs, torch.zeros(4, 8, 8, dtype=torch.long)
     assert translation_distance(flipped.g_s2t, flipped.g_t2s, xs, ys, xt) == pytest.approx(0.0, abs=1e-6)
     assert translation_distance(start.g_s2t, start.g_t2s, xs, ys, xt) > 1.0
+
+
+def test_intensity_matching_term_pulls_the_translation_towards_the_imitated_histogram():
+    from bigl.adapt import TranslatorTrainConfig
+    from bigl.adapt.translator_stage import _TranslatorStart, intensity_distance, quantile_distance
+
+    a = torch.tensor([[[[0.0, 1.0, 2.0, 3.0]]]], requires_grad=True)
+    b = torch.tensor([[[[0.0, 4.0, 5.0, 6.0]]]])
+    d = quantile_distance(a, b)
+    assert float(d.detach()) == pytest.approx(intensity_distance(a, b)) == pytest.approx(3.0)
+    d.backward()
+    assert (a.grad[0, 0, 0, 1:] < 0).all() and a.grad[0, 0, 0, 0] == 0   # brain voxels pushed up, background not
+    assert float(quantile_distance(torch.zeros(1, 1, 2, 2), b)) == 0.0   # no brain in a batch: no term
+    with pytest.raises(BiglError, match="lambda_hist"):
+        TranslatorTrainConfig(lambda_hist=-1.0)
+
+    # Generator updates with and without the term differ only by it: with it, the batch's translations
+    # move towards the intensities of the domain they imitate.
+    torch.manual_seed(0)
+    xs = torch.rand(2, 1, 64, 64) + 0.5
+    xt = -2.0 * xs
+    ys = torch.zeros(2, 64, 64, dtype=torch.long)
+    gen = TranslatorConfig(width=4, n_down=0, n_res_blocks=1, kernel=3, norm="none")
+    distances = {}
+    for lam in (0.0, 50.0):
+        torch.manual_seed(1)
+        cfg = TranslatorTrainConfig(label_conditioned=False, lambda_hist=lam, lambda_cyc=0.0, lr=1e-2, translator=gen,
+                                    discriminator=PatchDiscriminatorConfig(width=4))
+        start = _TranslatorStart(cfg, gen, torch.device("cpu"))
+        for _ in range(20):
+            start.step(xs, ys, xt, None)
+        with torch.no_grad():
+            distances[lam] = intensity_distance(start.g_t2s(xt, (xt != 0).float()), xs)
+    assert distances[50.0] < 0.5 * distances[0.0]
 
 
 def test_prediction_agreement_ignores_regions_neither_predicts():

@@ -22,6 +22,10 @@ class TranslatorTrainConfig:
     lr: float = 5e-4
     lambda_cyc: float = 10.0
     lambda_id: float = 0.0        # off: T1 and T2 invert contrasts, and with it the generators collapsed to identity
+    # > 0: the generators also match the brain-intensity distribution of the domain they imitate (the 1-D
+    # Wasserstein distance the starts are screened by, as a loss). Off: measured on one split only; T1 -> FLAIR
+    # translate-only 0 -> 7 %, T1 -> T2 the same (docs/results.md).
+    lambda_hist: float = 0.0
     source_tumour_fraction: float = 0.0   # >0: source slices drawn from tumour slices (target: uniform), see docs
     label_conditioned: bool = True  # G_s→t also reads the source label map (target cycle: Φ_0's softmax of x_t→s)
     paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs
@@ -45,6 +49,8 @@ class TranslatorTrainConfig:
     max_starts: int = 8
 
     def __post_init__(self) -> None:
+        if not self.lambda_hist >= 0.0:
+            raise BiglError(f"translator lambda_hist must be >= 0, got {self.lambda_hist!r}")
         if not 0.0 < self.identity_margin <= 1.0:
             raise BiglError(f"translator identity_margin must be in (0, 1], got {self.identity_margin!r}")
         if not isinstance(self.max_starts, int) or self.max_starts < self.starts:

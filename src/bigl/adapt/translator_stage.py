@@ -98,6 +98,8 @@ class _TranslatorStart:
             loss_id = (F.l1_loss(g_s2t(xt, mt, cond_t.detach() if cond_t is not None else None), xt)
                        + F.l1_loss(g_t2s(xs, ms), xs))
         loss_g = loss_gan + cfg.lambda_cyc * loss_cyc + cfg.lambda_id * loss_id
+        if cfg.lambda_hist:
+            loss_g = loss_g + cfg.lambda_hist * (quantile_distance(fake_s, xs) + quantile_distance(fake_t, xt))
         if cfg.paired:
             loss_g = loss_g + cfg.lambda_paired * (F.l1_loss(fake_t, xt) + F.l1_loss(fake_s, xs))
         self.opt_g.zero_grad(set_to_none=True)
@@ -114,16 +116,25 @@ class _TranslatorStart:
         return dict(gan=loss_gan.item(), cyc=loss_cyc.item(), d=loss_d.item())
 
 
-def intensity_distance(a: torch.Tensor, b: torch.Tensor, levels: int = 101) -> float:
-    """1-D Wasserstein-1 distance between the brain (non-zero) intensities of two image batches.
-
-    Computed from ``levels`` matched quantiles; 0 when the two intensity distributions agree.
-    """
-    qs = torch.linspace(0, 1, levels, dtype=torch.float64)
-    va, vb = (x[x != 0].double().cpu() for x in (a, b))
+def quantile_distance(a: torch.Tensor, b: torch.Tensor, levels: int = 101) -> torch.Tensor:
+    """1-D Wasserstein-1 distance between the brain (non-zero) intensities of two image batches, differentiable
+    in ``a`` (``b`` is the reference). Computed from ``levels`` matched quantiles; 0 when the distributions agree
+    or when either batch has no brain voxel."""
+    va, vb = a[a != 0], b[b != 0].detach()
     if not len(va) or not len(vb):
+        return a.new_zeros(())
+    if va.dtype not in (torch.float32, torch.float64):      # half precision under autocast: quantile needs float
+        va = va.float()
+    qs = torch.linspace(0, 1, levels, dtype=va.dtype, device=va.device)
+    return (torch.quantile(va, qs) - torch.quantile(vb.to(va.dtype), qs)).abs().mean()
+
+
+def intensity_distance(a: torch.Tensor, b: torch.Tensor, levels: int = 101) -> float:
+    """:func:`quantile_distance` as a number (double precision), for scoring; BiglError if a batch has no brain."""
+    if not (a != 0).any() or not (b != 0).any():
         raise BiglError("intensity_distance needs brain (non-zero) voxels in both batches")
-    return float((torch.quantile(va, qs) - torch.quantile(vb, qs)).abs().mean())
+    with torch.no_grad():
+        return float(quantile_distance(a.double().cpu(), b.double().cpu(), levels))
 
 
 def translation_distance(g_s2t: Generator, g_t2s: Generator, xs: torch.Tensor, ys: torch.Tensor,
