@@ -93,7 +93,7 @@ class AdaptConfig:
     # Beyond the paper (docs/adaptation.md). lambda_seg_s2t weighs L_seg on x_s→t (paper: 1). G_s→t reads
     # y_s, so x_s→t carries the labels in a form Φ learns to read within ~20 steps; that shortcut wiped out
     # Φ(x_t→s) (test DSC 39 -> 1 at lr 1e-4, docs/results.md). With the anchor it no longer does, but over three
-    # T1 -> T2 seeds lambda_seg_s2t = 1 took the bundle from 44.7 to 42.6 % (Φ(x_t) 17 -> 40; docs/results.md).
+    # T1 -> T2 seeds lambda_seg_s2t = 1 took the bundle from 44.7 to 42.6 % at best (Φ(x_t) 17 -> 40; docs/results.md).
     # lambda_anchor: Φ(x_t) and Φ(x_t→s) are fitted to the frozen source model's softmax of x_t→s (Φ_0(x_t→s),
     # the translate-only prediction).
     lambda_seg_s2t: float = 0.0
