@@ -121,12 +121,12 @@ class DeepSupervised(nn.Module):
         super().__init__()
         self.net = net
         # decoder levels fine to coarse are widths[:-1]; the finest has Φ's own head, the others get one here
-        self.heads = nn.ModuleList(nn.Conv2d(w, net.config.num_classes, 1) for w in net.config.widths[1:-1])
+        self.heads = nn.ModuleList(nn.Conv2d(w, net.config.head_channels, 1) for w in net.config.widths[1:-1])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = self.net(x, return_extras=True)
         coarser = out.decoder[-2::-1]      # fine to coarse, without the finest
-        return [out.logits] + [head(h) for head, h in zip(self.heads, coarser)]
+        return [out.logits] + [self.net.to_logits(head(h)) for head, h in zip(self.heads, coarser)]
 
 
 def deep_supervision_loss(outputs: list[torch.Tensor], target: torch.Tensor, dice: str) -> torch.Tensor:

@@ -265,6 +265,38 @@ def test_segmenter_config_round_trip_and_errors() -> None:
         SegmenterConfig(widths=())
 
 
+def test_region_head_gives_the_classes_of_nested_regions() -> None:
+    from bigl.models.segmenter import region_log_probs
+
+    _seed()
+    z = torch.randn(2, 3, 5, 4) * 3
+    p = region_log_probs(z).exp()                       # (background, necrosis, edema, enhancing)
+    s = torch.sigmoid(z)
+    assert torch.allclose(p.sum(1), torch.ones(2, 5, 4), atol=1e-6)
+    assert torch.allclose(1 - p[:, 0], s[:, 0], atol=1e-6)                        # WT
+    assert torch.allclose(p[:, 1] + p[:, 3], s[:, 0] * s[:, 1], atol=1e-6)        # TC
+    assert torch.allclose(p[:, 3], s[:, 0] * s[:, 1] * s[:, 2], atol=1e-6)        # ET
+    # a softmax reads them back, and the cross-entropy of a necrosis voxel is its nested regions' BCEs
+    assert torch.allclose(torch.softmax(region_log_probs(z), 1), p, atol=1e-6)
+    target = torch.ones(2, 5, 4, dtype=torch.long)
+    bce = -(torch.log(s[:, 0]) + torch.log(s[:, 1]) + torch.log(1 - s[:, 2])).mean()
+    assert torch.nn.functional.cross_entropy(region_log_probs(z), target).item() == pytest.approx(bce.item(), rel=1e-5)
+
+    net = DualAttentionUNet(dataclasses.replace(TINY, head="regions")).eval()
+    assert net.head.out_channels == 3
+    x = torch.randn(1, 1, 16, 16)
+    out = net(x)
+    assert out.shape == (1, 4, 16, 16) and torch.allclose(out.exp().sum(1), torch.ones(1, 16, 16), atol=1e-5)
+    assert torch.allclose(net.for_inference(channels_last=True)(x), out, atol=1e-5)
+    # a bundle written before heads existed has no "head" field: it is the class head
+    old = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "head"}
+    assert SegmenterConfig.from_dict(old).head == "classes"
+    with pytest.raises(BiglError, match="head"):
+        SegmenterConfig(head="sigmoid")
+    with pytest.raises(BiglError, match="four BraTS classes"):
+        SegmenterConfig(head="regions", num_classes=3)
+
+
 # --------------------------------------------------------------------------- translator
 
 

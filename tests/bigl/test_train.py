@@ -118,6 +118,24 @@ def test_deep_supervision_and_region_dice_train_a_plain_segmenter(tiny_dataset, 
         TrainConfig(dice="voxels")
 
 
+def test_region_head_trains_saves_and_segments(tiny_dataset, tmp_path):
+    import numpy as np
+
+    from bigl.cli import main
+    from bigl.infer import segment_volume
+    from bigl.io import read_nifti
+
+    out = tmp_path / "r.safetensors"
+    assert main(["train", "--data", str(tiny_dataset), "--modality", "t1", "--out", str(out), "--steps", "2",
+                 "--val-every", "2", "--head", "regions", "--deep-supervision"]) == 0
+    bundle = load_bundle(out)
+    assert bundle.segmenter.config.head == "regions" and bundle.segmenter.head.out_channels == 3
+    t1 = read_nifti(sorted(tiny_dataset.glob("*/*_t1.nii.gz"))[0])
+    result = segment_volume(bundle, t1, device="cpu")
+    assert set(np.unique(result.labels)) <= {0, 1, 2, 4}
+    assert np.allclose(result.probabilities.sum(axis=0), 1, atol=1e-4)
+
+
 def test_training_is_reproducible(tiny_dataset, tmp_path):
     a = train(tiny_dataset, "t1", tmp_path / "a.safetensors", TrainConfig(steps=3, **SMALL), device="cpu")
     b = train(tiny_dataset, "t1", tmp_path / "b.safetensors", TrainConfig(steps=3, **SMALL), device="cpu")

@@ -15,6 +15,7 @@ import bigl._openmp  # noqa: F401  (sets OMP_WAIT_POLICY: before anything below 
 from bigl import __version__
 from bigl.errors import BiglError
 from bigl.io import SEQUENCES
+from bigl.models.segmenter import HEADS
 from bigl.cli._args import (MIRROR, TRAIN_DEFAULTS, TextProgress, bundle_outputs, common_options, data_options,
                             main_process, mirror_option, positive_float, positive_int)
 from bigl.cli import research
@@ -45,7 +46,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       val_every=args.val_every, augment=args.augment != "none", augmentation=aug, workers=args.workers,
                       weight_ema=args.weight_ema, dice=args.dice, deep_supervision=args.deep_supervision,
-                      segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices))
+                      segmenter=SegmenterConfig(attention=not args.no_attention, context_slices=args.context_slices,
+                                                head=args.head))
     result = train(args.data, args.modality, args.out, cfg, device=args.device, overwrite=args.overwrite,
                    progress=TextProgress(), cache_dir=args.cache_dir, init=args.init)
     if not main_process():
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soft Dice of the loss over the tumour classes or over the scored regions WT / TC / ET")
     p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction,
                    default=TRAIN_DEFAULTS.deep_supervision, help="also supervise the coarser decoder levels")
+    p.add_argument("--head", default=TRAIN_DEFAULTS.segmenter.head, choices=HEADS,
+                   help="output head: a softmax over the classes, or nested sigmoids of the regions WT, TC, ET")
     p.add_argument("--no-attention", action="store_true", help="plain U-Net (no dual-attention block)")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="fine-tune: start from this bundle's network (its architecture; as many input channels)")

@@ -38,6 +38,7 @@ from bigl.errors import BiglError
 from bigl.models.attention import DualAttention
 
 __all__ = [
+    "HEADS",
     "NORMS",
     "DualAttention",
     "DualAttentionUNet",
@@ -50,9 +51,11 @@ __all__ = [
     "crop",
     "norm_layer",
     "pad_to_stride",
+    "region_log_probs",
 ]
 
 NORMS = ("batch", "instance", "none")
+HEADS = ("classes", "regions")
 
 _C = TypeVar("_C")
 
@@ -144,6 +147,9 @@ class SegmenterConfig:
     attention_reduction: int = 8  # query/key channels = C // reduction (min 1)
     dropout: float = 0.0  # Dropout2d on ξ_B (end of the encoder), as in the original U-Net
     context_slices: int = 0  # 2.5D input: neighbouring slices on each side; in_channels = sequences x (2c + 1)
+    # "classes": K logits, one softmax; "regions": nested sigmoids of the scored regions WT, TC within WT and ET
+    # within TC, returned as the four classes' log-probabilities (:func:`region_log_probs`; BraTS classes only)
+    head: str = "classes"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -162,6 +168,9 @@ class SegmenterConfig:
         _check(isinstance(self.attention, bool), name, f"attention must be a bool, got {self.attention!r}.")
         _check_int(self, "attention_reduction", 1)
         _check_int(self, "context_slices", 0)
+        _check(self.head in HEADS, name, f"head must be one of {HEADS}, got {self.head!r}.")
+        _check(self.head != "regions" or self.num_classes == 4, name,
+               f"head 'regions' needs the four BraTS classes, got num_classes={self.num_classes}.")
         _check(
             isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool) and 0.0 <= self.dropout < 1.0,
             name,
@@ -174,9 +183,27 @@ class SegmenterConfig:
         return config_from_dict(cls, data)
 
     @property
+    def head_channels(self) -> int:
+        """Channels of the 1x1 head: one per class, or one per nested region (WT, TC, ET)."""
+        return self.num_classes - 1 if self.head == "regions" else self.num_classes
+
+    @property
     def stride(self) -> int:
         """Total downsampling factor, ``2 ** (len(widths) - 1)``."""
         return 2 ** (len(self.widths) - 1)
+
+
+def region_log_probs(z: Tensor) -> Tensor:
+    """Region logits (B, 3, H, W) -> log-probabilities of the classes (background, necrosis, edema, enhancing).
+
+    p(WT) = σ(z0), p(TC | WT) = σ(z1), p(ET | TC) = σ(z2); the classes are the nested regions' differences
+    (edema = WT not TC, necrosis = TC not ET). The four sum to 1, so a softmax of the result gives them back
+    and everything that reads Φ's logits through a softmax, an argmax or a cross-entropy works unchanged;
+    the cross-entropy becomes the sum of the regions' binary cross-entropies, each within its parent region.
+    """
+    pos, neg = F.logsigmoid(z), F.logsigmoid(-z)
+    wt, tc = pos[:, 0], pos[:, 0] + pos[:, 1]
+    return torch.stack([neg[:, 0], tc + neg[:, 2], wt + neg[:, 1], tc + pos[:, 2]], dim=1)
 
 
 @dataclass
@@ -311,7 +338,11 @@ class DualAttentionUNet(nn.Module):
         for level in reversed(range(len(widths) - 1)):
             self.ups.append(nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2))
             self.decoders.append(DoubleConv(2 * widths[level], widths[level], config.norm))
-        self.head = nn.Conv2d(widths[0], config.num_classes, 1)
+        self.head = nn.Conv2d(widths[0], config.head_channels, 1)
+
+    def to_logits(self, raw: Tensor) -> Tensor:
+        """A head's output -> class logits (region heads: the classes' log-probabilities)."""
+        return region_log_probs(raw) if self.config.head == "regions" else raw
 
     def attention_grid(self, height: int, width: int) -> tuple[int, int]:
         """Bottleneck grid of a ``height x width`` slice after padding (see :func:`attention_grid`)."""
@@ -376,7 +407,7 @@ class DualAttentionUNet(nn.Module):
             h = up(h)  # (B, widths[l], 2h, 2w)
             h = decoder(torch.cat([h, skips.pop()], dim=1))  # (B, widths[l], 2h, 2w)
             levels.append(h)
-        logits = self.head(h)  # (B, K, H, W)
+        logits = self.to_logits(self.head(h))  # (B, K, H, W)
         if not return_extras:
             return logits
         return SegmenterOutput(logits=logits, feature=xi, position_attention=a_pos, channel_attention=a_cha,
