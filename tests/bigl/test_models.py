@@ -276,6 +276,10 @@ def test_region_head_gives_the_classes_of_nested_regions() -> None:
     assert torch.allclose(1 - p[:, 0], s[:, 0], atol=1e-6)                        # WT
     assert torch.allclose(p[:, 1] + p[:, 3], s[:, 0] * s[:, 1], atol=1e-6)        # TC
     assert torch.allclose(p[:, 3], s[:, 0] * s[:, 1] * s[:, 2], atol=1e-6)        # ET
+    # the same regions as the loss's region Dice reads from the classes (bigl.losses.REGION_CLASSES)
+    from bigl.losses import REGION_CLASSES
+    for r, classes in enumerate(REGION_CLASSES):
+        assert torch.allclose(p[:, list(classes)].sum(1), s[:, :r + 1].prod(1), atol=1e-6)
     # a softmax reads them back, and the cross-entropy of a necrosis voxel is its nested regions' BCEs
     assert torch.allclose(torch.softmax(region_log_probs(z), 1), p, atol=1e-6)
     target = torch.ones(2, 5, 4, dtype=torch.long)
