@@ -199,7 +199,8 @@ def region_log_probs(z: Tensor) -> Tensor:
     p(WT) = σ(z0), p(TC | WT) = σ(z1), p(ET | TC) = σ(z2) (the regions of ``bigl.losses.REGION_CLASSES``);
     the classes are the nested regions' differences (edema = WT not TC, necrosis = TC not ET). The four sum
     to 1, so a softmax of the result gives them back and everything that reads Φ's logits through a
-    softmax, an argmax or a cross-entropy works unchanged; the cross-entropy becomes the sum of the regions' binary cross-entropies, each within its parent region.
+    softmax, an argmax or a cross-entropy works unchanged; the cross-entropy becomes the sum of the
+    regions' binary cross-entropies, each within its parent region.
     """
     pos, neg = F.logsigmoid(z), F.logsigmoid(-z)
     wt, tc = pos[:, 0], pos[:, 0] + pos[:, 1]
