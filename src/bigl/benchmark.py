@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bigl.adapt import AdaptConfig, adapt
+from bigl.adapt import AdaptConfig, TranslatorTrainConfig, adapt
 from bigl.checkpoint import Bundle, jsonable, load_bundle, save_bundle
 from bigl.errors import BiglError
 from bigl.evaluate import REGION_ORDER, evaluate_dataset
@@ -205,6 +205,18 @@ def _previous_results(path: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
+def _with_defaults(saved: Any, defaults: Any) -> Any:
+    """``saved`` (a config as JSON) with the fields it lacks taken from ``defaults``, nested configs included.
+
+    A field added to a config after a model was saved reads as its default, which is what that model was
+    trained with; so adding a field does not make every earlier model unusable for ``--resume``.
+    """
+    if not isinstance(saved, dict) or not isinstance(defaults, dict):
+        return saved
+    return {**{k: _with_defaults(saved.get(k, v), v) for k, v in defaults.items()},
+            **{k: v for k, v in saved.items() if k not in defaults}}
+
+
 def _reusable_source(path: Path, cases: list[Case], cfg: TrainConfig) -> Bundle | None:
     """The source model saved at ``path`` if it was trained on exactly ``cases`` with ``cfg``; else None."""
     if not path.exists():
@@ -212,7 +224,8 @@ def _reusable_source(path: Path, cases: list[Case], cfg: TrainConfig) -> Bundle 
     bundle = load_bundle(path)
     prov = bundle.provenance
     trained_on = set(prov.get("train_cases", [])) | set(prov.get("val_cases", []))
-    if trained_on != {c.case_id for c in cases} or prov.get("config") != jsonable(asdict(cfg)):
+    saved = _with_defaults(prov.get("config"), jsonable(asdict(TrainConfig())))
+    if trained_on != {c.case_id for c in cases} or saved != jsonable(asdict(cfg)):
         log.warning("%s was trained on other cases or settings; training the source model again", path)
         return None
     log.info("reusing source model %s", path)
@@ -222,11 +235,12 @@ def _reusable_source(path: Path, cases: list[Case], cfg: TrainConfig) -> Bundle 
 def _reusable_translators(seed_dir: Path, splits: Splits, cfg: AdaptConfig):
     """(G_s→t, G_t→s) of a bundle in ``seed_dir`` adapted on this split with ``cfg``'s stage-1 settings; else None."""
     want = ([c.case_id for c in splits.source], [c.case_id for c in splits.target], jsonable(asdict(cfg.translator)))
+    defaults = jsonable(asdict(TranslatorTrainConfig()))
     for path in sorted(seed_dir.glob("*.safetensors")):
         bundle = load_bundle(path)
         prov = bundle.provenance
-        if bundle.translator_t2s is not None and (prov.get("source_cases"), prov.get("target_cases"),
-                                                  prov.get("config", {}).get("translator")) == want:
+        saved = _with_defaults(prov.get("config", {}).get("translator"), defaults)
+        if bundle.translator_t2s is not None and (prov.get("source_cases"), prov.get("target_cases"), saved) == want:
             log.info("reusing the stage-1 translator of %s", path)
             return bundle.translator_s2t, bundle.translator_t2s
     return None

@@ -1,4 +1,5 @@
-from dataclasses import replace
+import copy
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -47,6 +48,20 @@ def test_markdown_table_and_gap():
     runs[2]["summary"] = _summary(0.05)                        # target-only below source-only: no gap
     md = results_markdown({"source": "t1", "target": "t2", "data": "d", "seeds": [0], "runs": runs})
     assert "none to close" in md and "86 %" not in md
+
+
+def test_resume_reads_fields_added_since_as_their_defaults():
+    from bigl.benchmark import _with_defaults
+    from bigl.checkpoint import jsonable
+
+    defaults = jsonable(asdict(TrainConfig()))
+    saved = copy.deepcopy(defaults)
+    del saved["segmenter"]["head"], saved["deep_supervision"]   # a model saved before these fields existed
+    assert _with_defaults(saved, defaults) == defaults
+    saved["segmenter"]["widths"] = [8, 16]                        # what it was trained with still counts
+    assert _with_defaults(saved, defaults)["segmenter"]["widths"] == [8, 16]
+    assert _with_defaults({**defaults, "gone": 1}, defaults)["gone"] == 1   # a field removed since: no match
+    assert _with_defaults(None, defaults) is None
 
 
 def test_tiny_benchmark_end_to_end_and_resume(tmp_path, monkeypatch):
