@@ -34,6 +34,9 @@ def _scores(path, sequences=None):
 def test_bundles_read_what_the_docs_say():
     t1, multi = load_bundle(T1_MODEL), load_bundle(MULTI_MODEL)
     assert t1.sequences == ("t1",) and multi.sequences == ("t1", "t1ce", "t2", "flair")
+    # the T1 networks output nested WT / TC / ET regions, the four-sequence ones the four classes
+    assert [m.config.head for m in t1.segmenters] == ["regions"] * 2
+    assert [m.config.head for m in multi.segmenters] == ["classes"] * 2
     for b in (t1, multi):
         assert b.normalization["inplane_spacing_mm"] == [2.0, 2.0]
         assert b.segmenter.config.in_channels == len(b.sequences)
