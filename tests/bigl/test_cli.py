@@ -185,11 +185,17 @@ def tiny_multi_path(tiny_dataset, tmp_path_factory):
 
 def test_segment_chooses_the_bundled_model(tiny_dataset, tiny_bundle_path, tiny_multi_path, tmp_path, capsys,
                                            monkeypatch):
-    """A case folder without --modality -> the four-sequence model; --modality X or one file -> the T1 model."""
+    """A case folder without --modality -> the four-sequence model; T2 (--modality t2 or a *_t2 file) -> the adapted
+    T2 model; --modality X or one file of another sequence -> the T1 model."""
+    import shutil
+
     import bigl.bundles
 
+    adapted = tmp_path / "adapted_t2.safetensors"
+    shutil.copy(tiny_bundle_path, adapted)       # stands in for the bundled T1 -> T2 model: only its name is read
     monkeypatch.setattr(bigl.bundles, "MULTI_MODEL", tiny_multi_path)
     monkeypatch.setattr(bigl.bundles, "T1_MODEL", tiny_bundle_path)
+    monkeypatch.setattr(bigl.bundles, "ADAPTED_T2_MODEL", adapted)
     case = sorted(p for p in tiny_dataset.iterdir() if p.is_dir())[0]
     assert main(["segment", "--input", str(case), "--out", str(tmp_path / "a.nii.gz"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
@@ -198,6 +204,15 @@ def test_segment_chooses_the_bundled_model(tiny_dataset, tiny_bundle_path, tiny_
                  "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "(t1;" in out and tiny_bundle_path.name in out
+    for i, args in enumerate([["--input", str(case), "--modality", "t2"],
+                              ["--input", str(next(case.glob("*_t2.nii.gz")))]]):
+        assert main(["segment", *args, "--out", str(tmp_path / f"t2_{i}.nii.gz"), "--device", "cpu"]) == 0
+        out = capsys.readouterr().out
+        assert "(t2;" in out and adapted.name in out, out
+    flair = next(case.glob("*_flair.nii.gz"))
+    assert main(["segment", "--input", str(flair), "--out", str(tmp_path / "f.nii.gz"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "(flair;" in out and tiny_bundle_path.name in out
     # the four-sequence model given for one file: one clear line, no output written
     src = next(case.glob("*_t2.nii.gz"))
     rc = main(["segment", "--model", str(tiny_multi_path), "--input", str(src), "--out", str(tmp_path / "c.nii.gz"),

@@ -110,7 +110,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from bigl.infer import segment_volume
     from bigl._fs import check_distinct, check_output
     from bigl.bundles import default_model
-    from bigl.io import NIFTI_OUTPUT, find_case, load_images, read_input, write_many
+    from bigl.io import NIFTI_OUTPUT, find_case, load_images, read_input, sequence_from_name, write_many
 
     if _is_dataset_folder(Path(args.input)):
         return _segment_dataset(args)
@@ -118,7 +118,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for p in outputs:
         check_output(p, suffix=NIFTI_OUTPUT, overwrite=args.overwrite, what="NIfTI output")
     check_distinct([Path(args.input)] + outputs)
-    bundle = load_bundle(args.model or default_model(case_folder=Path(args.input).is_dir(), modality=args.modality))
+    is_dir = Path(args.input).is_dir()
+    # a file's sequence from its name (BraTS suffixes) picks the bundled model as --modality would
+    named = args.modality or (None if is_dir else sequence_from_name(Path(args.input).name))
+    bundle = load_bundle(args.model or default_model(case_folder=is_dir, modality=named))
     if len(bundle.sequences) > 1 and Path(args.input).is_dir():   # a multi-sequence model reads the whole case
         inputs = load_images(find_case(args.input), bundle.sequences)
         volume, sequence, label = inputs[bundle.sequences[0]], None, "+".join(bundle.sequences)
@@ -262,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment one volume or case folder")
     p.add_argument("--model", default=None,
                    help="model bundle (default: the bundled four-sequence model for a case folder without "
-                        "--modality, else the bundled T1 model)")
+                        "--modality; for T2 (--modality t2 or a *_t2 file) the bundled T1 model adapted to T2; "
+                        "else the bundled T1 model)")
     p.add_argument("--input", required=True, help="a .nii/.nii.gz file, a BraTS case folder, or a dataset folder "
                    "of case folders (then --out is a folder: one <case id>.nii.gz per case)")
     p.add_argument("--modality", choices=SEQUENCES,
