@@ -105,10 +105,13 @@ class _Window:
 def check_sequence(bundle: Bundle, sequence: str | None) -> None:
     """Warn when segmenting a sequence the bundle was not trained on, naming the fix."""
     if sequence is not None and sequence not in bundle.sequences:
+        from bigl.bundles import ADAPTED_T2_MODEL
+
+        shipped = f", or load the bundled model adapted to T2 ({ADAPTED_T2_MODEL})" if sequence == "t2" else ""
         warnings.warn(
             f"this model was trained on {', '.join(bundle.sequences)} but the input is {sequence}; "
             f"expect poor results. Fix: press 'Adapt to this modality' in napari, or run "
-            f"`bigl adapt --target-modality {sequence} ...` to adapt the model without labels",
+            f"`bigl adapt --target-modality {sequence} ...` to adapt the model without labels{shipped}",
             SequenceMismatchWarning, stacklevel=3)
 
 

@@ -87,8 +87,11 @@ def test_labels_alone_are_the_labels_of_the_full_result(tiny_bundle_path, case_t
 
 
 def test_other_sequence_warns_with_the_fix(tiny_bundle_path, case_t1):
-    with pytest.warns(SequenceMismatchWarning, match="Adapt to this modality.*bigl adapt"):
+    # on T2 the fix also names the shipped T1 -> T2 model; on FLAIR there is none to name
+    with pytest.warns(SequenceMismatchWarning, match="Adapt to this modality.*bigl adapt.*t1_to_t2.safetensors"):
         segment_volume(load_bundle(tiny_bundle_path), case_t1, sequence="t2", device="cpu")
+    with pytest.warns(SequenceMismatchWarning, match="without labels$"):
+        segment_volume(load_bundle(tiny_bundle_path), case_t1, sequence="flair", device="cpu")
 
 
 def test_attention_query_row(tiny_bundle_path, case_t1):
