@@ -122,7 +122,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     # a file's sequence from its name (BraTS suffixes) picks the bundled model as --modality would
     named = args.modality or (None if is_dir else sequence_from_name(Path(args.input).name))
     bundle = load_bundle(args.model or default_model(case_folder=is_dir, modality=named))
-    if len(bundle.sequences) > 1 and Path(args.input).is_dir():   # a multi-sequence model reads the whole case
+    if len(bundle.sequences) > 1 and is_dir:   # a multi-sequence model reads the whole case
         inputs = load_images(find_case(args.input), bundle.sequences)
         volume, sequence, label = inputs[bundle.sequences[0]], None, "+".join(bundle.sequences)
     else:
