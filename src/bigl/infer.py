@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from bigl.bundles import adapted_model_for
 from bigl.checkpoint import Bundle
 from bigl.checks import warn_about_input
 from bigl.distributed import precision
@@ -105,9 +106,8 @@ class _Window:
 def check_sequence(bundle: Bundle, sequence: str | None) -> None:
     """Warn when segmenting a sequence the bundle was not trained on, naming the fix."""
     if sequence is not None and sequence not in bundle.sequences:
-        from bigl.bundles import ADAPTED_T2_MODEL
-
-        shipped = f", or load the bundled model adapted to T2 ({ADAPTED_T2_MODEL})" if sequence == "t2" else ""
+        adapted = adapted_model_for(sequence)
+        shipped = f", or load the bundled model adapted to {sequence} ({adapted})" if adapted else ""
         warnings.warn(
             f"this model was trained on {', '.join(bundle.sequences)} but the input is {sequence}; "
             f"expect poor results. Fix: press 'Adapt to this modality' in napari, or run "

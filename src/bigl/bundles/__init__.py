@@ -26,9 +26,14 @@ MULTI_MODEL = BUNDLE_DIR / "multi.safetensors"
 ADAPTED_T2_MODEL = BUNDLE_DIR / "t1_to_t2.safetensors"
 
 
+def adapted_model_for(sequence: str | None) -> Path | None:
+    """The shipped model adapted to ``sequence`` without its labels, if there is one (T2 only)."""
+    return ADAPTED_T2_MODEL if sequence == "t2" else None
+
+
 def default_model(*, case_folder: bool, modality: str | None) -> Path:
     """The bundled model for an input: the four-sequence model for a whole case folder (no ``modality``), the
-    adapted T2 model for T2, else the T1 model."""
+    adapted model for a sequence that has one, else the T1 model."""
     if case_folder and modality is None:
         return MULTI_MODEL
-    return ADAPTED_T2_MODEL if modality == "t2" else T1_MODEL
+    return adapted_model_for(modality) or T1_MODEL
