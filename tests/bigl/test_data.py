@@ -88,6 +88,28 @@ def test_a_build_removes_killed_builds_but_not_running_ones(dataset, tmp_path):
     assert not killed.exists() and running.exists() and entry.exists()
 
 
+def test_an_entry_another_run_finished_meanwhile_is_kept_not_rebuilt(dataset, tmp_path, monkeypatch):
+    """Two runs started together on one dataset: the second listed the case as missing, the first then finished
+    it. The second used to remove that entry as stale and rebuild it, under the first run reading it
+    (FileNotFoundError on its meta.json)."""
+    import bigl.data.cache as cache
+
+    case = list_cases(dataset)[0]
+    builds, other = [], {}
+    real_load = cache.load_prepared
+    monkeypatch.setattr(cache, "load_prepared", lambda *a, **k: builds.append(1) or real_load(*a, **k))
+
+    def other_run_finishes_first(progress):
+        if not other:      # before this run builds: the other run writes the same entry
+            other["vol"] = cache_cases([case], "t1", labels=True, cache_dir=tmp_path / "cache")[0]
+            other["inode"] = (other["vol"].folder / "image.npy").stat().st_ino
+
+    mine = cache_cases([case], "t1", labels=True, cache_dir=tmp_path / "cache", progress=other_run_finishes_first)[0]
+    assert len(builds) == 1 and mine.folder == other["vol"].folder
+    assert (mine.folder / "image.npy").stat().st_ino == other["inode"]     # not removed and written again
+    np.testing.assert_array_equal(other["vol"].image, mine.image)
+
+
 def test_batches_are_reproducible_with_any_worker_count(dataset, tmp_path):
     vols = cache_cases(list_cases(dataset), "t1", labels=True, cache_dir=tmp_path / "cache")
     kw = dict(batch_size=3, n_batches=4, seed=(5, 0), tumour_fraction=0.5, jitter=4, augment=True, context=1)

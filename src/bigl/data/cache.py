@@ -226,8 +226,12 @@ def cache_cases(cases: list[Case], sequences: str | Sequence[str], *, labels: bo
         report = Reporter("cache", len(missing), progress, cancel)
         for n, (case, prefix, folder) in enumerate(missing):
             report(n)
+            if (folder / "meta.json").exists():
+                continue    # another run on the same data (two trainings started together) built it meanwhile
             for old in [*folder.parent.glob(prefix + "*"), *folder.parent.glob("." + prefix + "*")]:
-                if not _live_build(old):    # changed files or settings, or a killed build; not a running one
+                # changed files or settings, or a killed build; not a running build, and not this very entry,
+                # which only appears complete (by a rename) and another run may be reading by now
+                if not _live_build(old) and not (old == folder and (old / "meta.json").exists()):
                     shutil.rmtree(old, ignore_errors=True)
             _write_entry(load_prepared([case], seqs, labels=labels, inplane_mm=inplane_mm)[0], folder)
         report(len(missing))
