@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bigl.data.augment import AugmentConfig, augment_batch, gin, intensity, random_remap, spatial
+from bigl.data.augment import AugmentConfig, augment_batch, gin, intensity, lesion_contrast, random_remap, spatial
 
 OFF = AugmentConfig(p_spatial=0, p_elastic=0, p_mirror=0, p_gamma=0, p_gamma_inverted=0, p_brightness=0,
                     p_contrast=0, p_noise=0, p_blur=0, p_low_resolution=0, p_bias=0)
@@ -75,6 +75,24 @@ def test_contrast_randomisation_changes_contrast_not_shape():
     assert min(c.abs() for c in corr) < 0.95                  # a new contrast for some samples
 
 
+def test_lesion_contrast_moves_each_tumour_class_by_its_own_offset_and_nothing_else():
+    torch.manual_seed(6)
+    x, y = _batch()
+    out = lesion_contrast(x, y, p=1.0, shift=1.5)
+    diff = out - x
+    sd = torch.stack([x[i][x[i] != 0].std() for i in range(len(x))])
+    assert torch.all(out[x == 0] == 0)                                  # background stays 0
+    far = torch.zeros_like(y, dtype=torch.bool)
+    far[:, 36:, :] = True                                               # brain rows well away from the lesion
+    assert diff[far[:, None].expand_as(x)].abs().max() < 1e-6
+    core = diff[:, :, 20, 14] / sd[:, None]                             # deep inside the edema (class 2)
+    assert torch.allclose(core[:, 0], core[:, 1])                       # every channel moves alike
+    assert core.abs().max() <= 1.5 + 1e-4 and core.std() > 0.1          # within ±shift, different per sample
+    edema, enhancing = diff[:, 0, 20, 14], diff[:, 0, 21, 15]
+    assert not torch.allclose(edema, enhancing)                         # the classes move independently
+    assert torch.equal(lesion_contrast(x, y, p=0.0, shift=1.5), x)
+
+
 def test_augment_batch_shapes_and_label_values():
     torch.manual_seed(4)
     x, y = _batch()
@@ -92,6 +110,6 @@ def test_a_window_without_brain_stays_finite(method):
     x[0], y[0] = 0, 0
     all_on = AugmentConfig(p_spatial=1, p_elastic=1, p_gamma=1, p_gamma_inverted=1, p_brightness=1, p_contrast=1,
                            p_noise=1, p_blur=1, p_low_resolution=1, p_bias=1, contrast_method=method,
-                           p_contrast_random=1)
+                           p_contrast_random=1, p_lesion_contrast=1)
     xo, yo = augment_batch(x, y, all_on)
     assert torch.isfinite(xo).all() and torch.all(xo[0] == 0) and torch.all(yo[0] == 0)

@@ -222,10 +222,14 @@ def test_segment_chooses_the_bundled_model(tiny_dataset, tiny_bundle_path, tiny_
 
 def test_train_and_evaluate_several_sequences(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "m.safetensors"
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tiny_dataset), "--modality", "t2", "--out", str(out), "--lesion-contrast", "1.5"])
+    assert "must be from 0 to 1" in capsys.readouterr().err and not out.exists()
     assert main(["train", "--data", str(tiny_dataset), "--modality", "t2", "flair", "--out", str(out), "--steps", "2",
-                 "--val-every", "2", "--batch-size", "2", "--device", "cpu"]) == 0
+                 "--val-every", "2", "--batch-size", "2", "--device", "cpu", "--lesion-contrast", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert "t2+flair" in printed
+    assert load_bundle(out).provenance["config"]["augmentation"]["p_lesion_contrast"] == 0.5
     # one validation case: the last model is written, and the message says whose Dice it prints
     written = load_bundle(out).provenance["val_metrics"]["average_dice"]
     assert f"the written (last) model's validation mean Dice {100 * written:.1f} %" in printed

@@ -17,7 +17,7 @@ from bigl.errors import BiglError
 from bigl.io import SEQUENCES
 from bigl.models.segmenter import HEADS
 from bigl.cli._args import (MIRROR, TRAIN_DEFAULTS, TextProgress, bundle_outputs, common_options, data_options,
-                            main_process, mirror_option, positive_float, positive_int)
+                            main_process, mirror_option, positive_float, positive_int, probability)
 from bigl.cli import research
 from bigl.train import TrainConfig
 
@@ -42,7 +42,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     bundle_outputs(out, out.with_name(out.stem + ".last.safetensors"), overwrite=args.overwrite)
     aug = replace(TRAIN_DEFAULTS.augmentation,
-                  contrast_method=args.contrast_method if args.augment == "contrast" else "none")
+                  contrast_method=args.contrast_method if args.augment == "contrast" else "none",
+                  p_lesion_contrast=args.lesion_contrast)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       val_every=args.val_every, augment=args.augment != "none", augmentation=aug, workers=args.workers,
                       weight_ema=args.weight_ema, dice=args.dice, deep_supervision=args.deep_supervision,
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    if TRAIN_DEFAULTS.augmentation.contrast_method != "none" else "gin", choices=("gin", "remap"),
                    help="contrast randomisation of --augment contrast: gin (random shallow conv nets) or remap "
                         "(random intensity curves)")
+    p.add_argument("--lesion-contrast", type=probability, default=TRAIN_DEFAULTS.augmentation.p_lesion_contrast,
+                   metavar="P", help="share of training slices whose tumour classes are each brightened or darkened "
+                                     "at random (a lesion's contrast in another sequence is unknown)")
     p.add_argument("--context-slices", type=int, default=TRAIN_DEFAULTS.segmenter.context_slices,
                    help="2.5D input: neighbouring slices on each side as extra channels")
     p.add_argument("--steps", type=positive_int, default=TRAIN_DEFAULTS.steps)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AugmentConfig", "augment_batch", "gin", "random_remap", "spatial", "intensity"]
+__all__ = ["AugmentConfig", "augment_batch", "gin", "lesion_contrast", "random_remap", "spatial", "intensity"]
 
 CONTRAST_METHODS = ("none", "gin", "remap")
 
@@ -50,6 +50,10 @@ class AugmentConfig:
     bias: float = 0.4                  # max log-amplitude of a smooth multiplicative field
     contrast_method: str = "none"      # "gin" | "remap" | "none": contrast randomisation (--augment contrast)
     p_contrast_random: float = 0.6
+    # Lesion contrast (--lesion-contrast P): each tumour class of a sample moved by its own random offset of up to
+    # ±lesion_shift brain SDs (soft-edged), so the network cannot rely on one sequence's lesion brightness.
+    p_lesion_contrast: float = 0.0
+    lesion_shift: float = 1.5
 
 
 def _per_sample(p: float, b: int, device) -> Tensor:
@@ -204,9 +208,33 @@ def random_remap(x: Tensor, knots: int = 6) -> Tensor:
     return _zscore(z + 0.02 * torch.randn_like(z), mask)
 
 
+def lesion_contrast(x: Tensor, y: Tensor, p: float, shift: float) -> Tensor:
+    """Each tumour class (1–3) of a chosen sample (probability ``p``) brightened or darkened by its own offset.
+
+    The offset is uniform in ±``shift`` brain SDs of the sample and blended in through the class mask blurred
+    by about a pixel (no sharp edge to learn); every channel moves alike (the 2.5D neighbours share the centre
+    slice's labels). Labels and the background (0) are unchanged. What it is for: a translated image renders
+    normal tissue well before it renders the lesion the way the source sequence shows it (docs/adaptation.md).
+    """
+    b = x.shape[0]
+    on = _per_sample(p, b, x.device)
+    if not on.any():
+        return x
+    mask = (x != 0).any(1, keepdim=True).float()
+    _, sd, _, _ = _brain_stats(x, mask)
+    sd = sd.mean(1, keepdim=True)                                               # (B, 1, 1, 1)
+    onehot = torch.stack([(y == k) for k in (1, 2, 3)], 1).float()              # (B, 3, H, W)
+    soft = _blur(onehot, torch.full((b,), 0.8, device=x.device))
+    offset = _uniform(-shift, shift, (b, 3, 1, 1), x.device) * on[:, None, None, None]
+    return (x + (soft * offset).sum(1, keepdim=True) * sd) * mask
+
+
 def augment_batch(x: Tensor, y: Tensor, cfg: AugmentConfig) -> tuple[Tensor, Tensor]:
-    """Spatial, then contrast randomisation (if configured), then intensity transforms, for a (B, C, H, W) batch."""
+    """Spatial, then lesion contrast and contrast randomisation (if configured), then intensity transforms, for a
+    (B, C, H, W) batch."""
     x, y = spatial(x, y, cfg)
+    if cfg.p_lesion_contrast > 0:
+        x = lesion_contrast(x, y, cfg.p_lesion_contrast, cfg.lesion_shift)
     if cfg.contrast_method != "none":
         on = _per_sample(cfg.p_contrast_random, x.shape[0], x.device)[:, None, None, None]
         rand = gin(x) if cfg.contrast_method == "gin" else random_remap(x)
