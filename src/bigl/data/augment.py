@@ -214,7 +214,8 @@ def lesion_contrast(x: Tensor, y: Tensor, p: float, shift: float) -> Tensor:
     The offset is uniform in ±``shift`` brain SDs of the sample and blended in through the class mask blurred
     by about a pixel (no sharp edge to learn); every channel moves alike (the 2.5D neighbours share the centre
     slice's labels). Labels and the background (0) are unchanged. What it is for: a translated image renders
-    normal tissue well before it renders the lesion the way the source sequence shows it (docs/adaptation.md).
+    normal tissue well before it renders the lesion the way the source sequence shows it (docs/training.md,
+    "Lesion contrast").
     """
     b = x.shape[0]
     on = _per_sample(p, b, x.device)
