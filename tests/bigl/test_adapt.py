@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import bigl.adapt.alignment
+import bigl.models.translator
 
 from bigl.adapt import AdaptConfig, TranslatorTrainConfig, adapt, pseudo_labels
 from bigl.checkpoint import load_bundle, save_bundle
@@ -385,6 +386,38 @@ def test_l_seg_keeps_the_source_models_dice_unless_told(tiny_bundle_path, split,
     with pytest.raises(ValueError, match="for_source"):     # a direct caller must resolve it
         bigl.adapt.alignment.alignment_step(source.segmenter, None, None, None, None, None, None, None, None,
                                             AdaptConfig(), 1.0)
+
+
+def test_lesion_contrast_follows_the_source_model_and_moves_only_the_images_l_seg_reads(tiny_bundle_path, split,
+                                                                                       monkeypatch):
+    from bigl.adapt import alignment
+
+    source = load_bundle(tiny_bundle_path)
+    calls, fed, translated = [], [], []
+    monkeypatch.setattr(alignment, "lesion_contrast", lambda x, y, p, shift: calls.append((x, y, p)) or x + 7.0)
+    real_s2t = alignment.source_to_target
+    monkeypatch.setattr(alignment, "source_to_target", lambda g, x, y: translated.append(x) or real_s2t(g, x, y))
+    for trained_with, asked, expected in ((None, None, 0.0), (0.5, None, 0.5), (0.5, 0.0, 0.0), (None, 1.0, 1.0)):
+        source.provenance["config"] = {} if trained_with is None else {
+            "augmentation": {"p_lesion_contrast": trained_with}}
+        calls.clear()
+        res = adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, lesion_contrast=asked), device="cpu")
+        assert res.bundle.provenance["config"]["lesion_contrast"] == expected
+        assert [p for *_, p in calls] == ([expected] if expected else [])   # once per step, on x_s only
+    # one step by hand: Φ reads the moved x_s, and x_s→t is made from the unmoved one
+    cfg = _cfg(lesion_contrast=1.0).for_source(source)
+    seg = source.segmenter
+    disc, teacher, opt_seg, opt_d = alignment.alignment_setup(seg, cfg, torch.device("cpu"))
+    hook = seg.register_forward_hook(lambda mod, args, out: fed.append(args[0]))
+    xs, xt = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    ys = torch.randint(0, 4, (2, 32, 32))
+    g = bigl.models.translator.Generator(TranslatorConfig(width=8, n_res_blocks=1))
+    translated.clear()
+    alignment.alignment_step(seg, disc, opt_seg, opt_d, xs, ys, xt, g, g, cfg, 1.0, None, teacher)
+    hook.remove()
+    assert torch.equal(translated[0], xs) and torch.equal(fed[0][:2], xs + 7.0)
+    with pytest.raises(BiglError, match="lesion_contrast"):
+        AdaptConfig(lesion_contrast=1.5)
 
 
 def test_bad_config_and_inputs(tiny_bundle_path, split):

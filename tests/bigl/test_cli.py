@@ -11,6 +11,7 @@ import torch
 
 from bigl.checkpoint import load_bundle
 from bigl.cli import main
+from bigl.errors import BiglError
 from bigl.evaluate import evaluate_dataset
 from bigl.infer import segment_volume
 from bigl.io import read_nifti
@@ -235,6 +236,26 @@ def test_train_and_evaluate_several_sequences(tiny_dataset, tmp_path, capsys):
     assert f"the written (last) model's validation mean Dice {100 * written:.1f} %" in printed
     assert main(["evaluate", "--model", str(out), "--data", str(tiny_dataset), "--device", "cpu"]) == 0
     assert "(t2+flair, 4 cases)" in capsys.readouterr().out
+
+
+def test_adapt_passes_lesion_contrast_or_leaves_it_to_the_source_model(tiny_bundle_path, tmp_path, monkeypatch,
+                                                                       capsys):
+    import bigl.adapt
+
+    seen = []
+
+    def stop(source, src, s_seq, tgt, t_seq, cfg, **kw):
+        seen.append(cfg.lesion_contrast)
+        raise BiglError("stopped by the test")
+
+    monkeypatch.setattr(bigl.adapt, "adapt", stop)
+    base = ["adapt", "--model", str(tiny_bundle_path), "--source-data", "s", "--source-modality", "t1",
+            "--target-data", "t", "--target-modality", "t2", "--out", str(tmp_path / "a.safetensors")]
+    assert main(base) == 2 and main(base + ["--lesion-contrast", "0.25"]) == 2
+    assert seen == [None, 0.25]
+    with pytest.raises(SystemExit):
+        main(base + ["--lesion-contrast", "2"])
+    assert "must be from 0 to 1" in capsys.readouterr().err
 
 
 def test_progress_bars_one_per_stage_on_a_terminal(capsys):

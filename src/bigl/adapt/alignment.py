@@ -18,6 +18,7 @@ from torch import nn
 from bigl import distributed
 from bigl.adapt.config import AdaptConfig
 from bigl.adapt.translator_stage import _masks, source_to_target
+from bigl.data.augment import AugmentConfig, lesion_contrast
 from bigl.losses import adversarial_loss, distillation_loss, output_consistency, segmentation_loss
 from bigl.models.attention import decay_groups
 from bigl.models.discriminators import (AlignmentDiscriminatorConfig, AttentionDiscriminator,
@@ -105,6 +106,12 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
             streams["t2s"] = g_t2s(xt, mt)
     if cfg.method in ("cycada", "sifa"):
         del streams["s"]
+    weights = {n: cfg.lambda_seg_s2t if n == "s2t" and cfg.method == "bigl" else 1.0 for n in ("s", "s2t")
+               if n in streams}
+    if cfg.lesion_contrast:                 # on the images L_seg reads (x_s→t is made from the unmoved x_s)
+        for n, weight in weights.items():
+            if weight:
+                streams[n] = lesion_contrast(streams[n], ys, cfg.lesion_contrast, AugmentConfig.lesion_shift)
     streams["t"] = xt
     names = list(streams)
     # one forward pass over all streams: BatchNorm sees every domain, as at test time
@@ -115,9 +122,7 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
     outs = {n: _split(big, i, sizes) for i, n in enumerate(names)}
 
     terms: dict[str, torch.Tensor] = {}
-    labelled = [n for n in ("s", "s2t") if n in outs]
-    for n in labelled:                      # reported per stream: seg_s, seg_s2t
-        weight = cfg.lambda_seg_s2t if n == "s2t" and cfg.method == "bigl" else 1.0
+    for n, weight in weights.items():       # reported per stream: seg_s, seg_s2t
         if weight:
             terms[f"seg_{n}"] = weight * segmentation_loss(outs[n].logits, ys, dice=cfg.dice)
     if cfg.method == "bigl" and cfg.use_output:

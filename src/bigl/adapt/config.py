@@ -114,6 +114,10 @@ class AdaptConfig:
     # Soft Dice of L_seg (bigl.losses): "classes" or "regions"; None: the one the source model was trained with
     # (its provenance; "classes" for models that do not say), so adaptation keeps optimising what it learnt.
     dice: str | None = None
+    # Lesion contrast on the source stream (bigl.data.augment.lesion_contrast): the share of source slices whose
+    # tumour classes are brightened or darkened at random, so Φ keeps reading a lesion by its shape while it is
+    # aligned. None: the source model's own training share (its provenance; 0 for models that do not say).
+    lesion_contrast: float | None = None
     seed: int = 0
     workers: int = 1              # data-loading worker processes per stream (0: in the training process)
     translator: TranslatorTrainConfig = field(default_factory=TranslatorTrainConfig)
@@ -127,12 +131,18 @@ class AdaptConfig:
         if self.dice not in (None, *DICE_KINDS):
             raise BiglError(f"unknown Dice kind {self.dice!r}; use {' or '.join(DICE_KINDS)} (or None: the source "
                             "model's)")
+        if self.lesion_contrast is not None and not 0.0 <= self.lesion_contrast <= 1.0:
+            raise BiglError(f"lesion_contrast must be in [0, 1] (or None: the source model's), "
+                            f"got {self.lesion_contrast!r}")
         if self.inference not in ("direct", "translate", "ensemble"):
             raise BiglError(f"unknown inference mode {self.inference!r}; use direct, translate or ensemble")
 
     def for_source(self, source) -> AdaptConfig:
-        """This config with ``dice`` resolved for the source bundle: the Dice it was trained with when None."""
-        if self.dice is not None:
-            return self
-        return replace(self, dice=(source.provenance or {}).get("config", {}).get("dice", "classes"))
+        """This config with ``dice`` and ``lesion_contrast`` resolved for the source bundle: what it was trained
+        with where they are None."""
+        trained = (source.provenance or {}).get("config", {})
+        dice = self.dice if self.dice is not None else trained.get("dice", "classes")
+        lesion = (self.lesion_contrast if self.lesion_contrast is not None
+                  else float((trained.get("augmentation") or {}).get("p_lesion_contrast", 0.0)))
+        return replace(self, dice=dice, lesion_contrast=lesion)
 

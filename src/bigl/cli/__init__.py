@@ -170,7 +170,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     out = Path(args.out)
     bundle_outputs(out, overwrite=args.overwrite)
     cfg = AdaptConfig(method=args.method, self_train=args.self_train, seed=args.seed, workers=args.workers,
-                      **({"steps": args.steps} if args.steps is not None else {}))
+                      lesion_contrast=args.lesion_contrast, **({"steps": args.steps} if args.steps is not None else {}))
     source = load_bundle(args.model)
     if args.source_modality not in source.sequences:
         raise BiglError(f"{args.model} was trained on {', '.join(source.sequences)}, not {args.source_modality}; "
@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="bigl", choices=("bigl", "adaptseg", "translate", "cycada", "sifa", "source-only"))
     p.add_argument("--self-train", action="store_true", help="add pseudo-label self-training after alignment")
     p.add_argument("--steps", type=positive_int, default=None, help="alignment steps (default from AdaptConfig)")
+    p.add_argument("--lesion-contrast", type=probability, default=None, metavar="P",
+                   help="share of source slices whose tumour classes are brightened or darkened at random while "
+                        "the segmenter is adapted (default: the source model's own --lesion-contrast)")
     data_options(p)
     common_options(p, seed=True)
     p.set_defaults(func=_cmd_adapt)
