@@ -32,9 +32,6 @@ class TranslatorTrainConfig:
     # generator must render lesions as the other sequence shows them, not only normal tissue (docs/adaptation.md).
     # Needs label_conditioned (the source model). 0 turns them off.
     lambda_lesion: float = 0.0
-    # small (16-pixel) receptive field: a lesion's cells judged by their own intensities, not the whole slice's
-    lesion_discriminator: PatchDiscriminatorConfig = field(default_factory=lambda: PatchDiscriminatorConfig(
-        width=32, n_layers=1))
     source_tumour_fraction: float = 0.0   # >0: source slices drawn from tumour slices (target: uniform), see docs
     label_conditioned: bool = True  # G_s→t also reads the source label map (target cycle: Φ_0's softmax of x_t→s)
     paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs

@@ -58,7 +58,7 @@ class _TranslatorStart:
         self.g_s2t, self.g_t2s = Generator(s2t_config).to(device), Generator(cfg.translator).to(device)
         self.d_t = PatchDiscriminator(cfg.discriminator).to(device)
         self.d_s = PatchDiscriminator(cfg.discriminator).to(device)
-        self.d_les = nn.ModuleDict({side: PatchDiscriminator(cfg.lesion_discriminator) for side in ("t", "s")}
+        self.d_les = nn.ModuleDict({side: PatchDiscriminator(cfg.discriminator) for side in ("t", "s")}
                                    if cfg.lambda_lesion else {}).to(device)
         self._optimisers()
         self.amp = distributed.Precision(device)
