@@ -156,16 +156,10 @@ def adversarial_loss(logits: Tensor, target_is_real: bool) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def lsgan_loss(pred: Tensor, target_is_real: bool, weight: Tensor | None = None) -> Tensor:
-    """Least-squares GAN loss (Mao et al. 2017) for the stage-1 translator: mean (pred - 1)² or mean pred².
-
-    ``weight`` (broadcastable to ``pred``): the weighted mean instead, 0 where the weights are all 0.
-    """
+def lsgan_loss(pred: Tensor, target_is_real: bool) -> Tensor:
+    """Least-squares GAN loss (Mao et al. 2017) for the stage-1 translator: mean (pred - 1)² or mean pred²."""
     target = 1.0 if target_is_real else 0.0
-    if weight is None:
-        return (pred - target).pow(2).mean()
-    weight = weight.expand_as(pred)
-    return (weight * (pred - target).pow(2)).sum() / weight.sum().clamp(min=1e-6)
+    return (pred - target).pow(2).mean()
 
 
 def entropy(logits: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -164,40 +164,6 @@ def test_translator_training_moves_both_generators_and_conditions_g_s2t(tiny_bun
     assert unconditioned.config.cond_channels == 0
 
 
-def test_lesion_discriminators_learn_only_where_a_lesion_is():
-    """lambda_lesion: D_t^les and D_s^les see only the image cells holding a lesion — the source's by its labels,
-    the target's where the source model finds one in x_t→s; without any lesion they get no gradient."""
-    from dataclasses import replace
-
-    from bigl.adapt.translator_stage import _TranslatorStart
-
-    class Finds(torch.nn.Module):                 # a stand-in source model: tumour everywhere, or nowhere
-        def __init__(self, lesion: bool):
-            super().__init__()
-            self.lesion = lesion
-
-        def forward(self, x):
-            logits = torch.zeros(x.shape[0], 4, *x.shape[-2:])
-            logits[:, 2 if self.lesion else 0] = 10.0
-            return logits
-
-    cfg = replace(TINY_TRANSLATOR, lambda_lesion=1.0)
-    xs, xt = torch.rand(2, 1, 32, 32) + 0.1, torch.rand(2, 1, 32, 32) + 0.1
-    lesion = torch.zeros(2, 32, 32, dtype=torch.long)
-    lesion[:, 10:16, 10:16] = 2
-    for ys, finds, moves in ((lesion, False, {"t", "s"}), (torch.zeros_like(lesion), False, set()),
-                             (torch.zeros_like(lesion), True, {"t", "s"})):
-        torch.manual_seed(0)
-        start = _TranslatorStart(cfg, replace(cfg.translator, cond_channels=3), torch.device("cpu"))
-        before = {k: v.clone() for k, v in start.d_les.state_dict().items()}
-        start.step(xs, ys, xt, Finds(finds))
-        moved = {k.split(".")[0] for k, v in start.d_les.state_dict().items() if not torch.equal(before[k], v)}
-        assert moved == moves
-    assert not len(_TranslatorStart(TINY_TRANSLATOR, TINY_TRANSLATOR.translator, torch.device("cpu")).d_les)
-    with pytest.raises(BiglError, match="label_conditioned"):
-        TranslatorTrainConfig(lambda_lesion=1.0, label_conditioned=False)
-
-
 def test_paired_translator_trains_on_same_subject_slices(tiny_bundle_path, split, tmp_path):
     """paired=True (Eq. 1's L1 to the real target slice): source and target are one subject list in two sequences,
     read from the preprocessed cache as adapt() reads them (int8 class indices)."""

@@ -27,11 +27,6 @@ class TranslatorTrainConfig:
     # (docs/results.md, one seed each): FLAIR -> T1 BiGL 0.1 -> 11.6 % (SIFA-style 0 -> 23), T2 -> T1 36.7 ->
     # 39.1, T1 -> T2 34.4 -> 33.5 (SIFA-style 30.4 -> 35.1), T1 -> FLAIR unchanged (about 1 %).
     lambda_hist: float = 5.0
-    # Lesion discriminators (beyond the paper): D_t^les and D_s^les judge only the image cells that hold a lesion —
-    # in the source, by its labels; in the target, where the frozen source model finds one in x_t→s — so each
-    # generator must render lesions as the other sequence shows them, not only normal tissue (docs/adaptation.md).
-    # Needs label_conditioned (the source model). 0 turns them off.
-    lambda_lesion: float = 0.0
     source_tumour_fraction: float = 0.0   # >0: source slices drawn from tumour slices (target: uniform), see docs
     label_conditioned: bool = True  # G_s→t also reads the source label map (target cycle: Φ_0's softmax of x_t→s)
     paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs
@@ -57,11 +52,6 @@ class TranslatorTrainConfig:
     def __post_init__(self) -> None:
         if not self.lambda_hist >= 0.0:
             raise BiglError(f"translator lambda_hist must be >= 0, got {self.lambda_hist!r}")
-        if not self.lambda_lesion >= 0.0:
-            raise BiglError(f"translator lambda_lesion must be >= 0, got {self.lambda_lesion!r}")
-        if self.lambda_lesion and not self.label_conditioned:
-            raise BiglError("translator lambda_lesion needs label_conditioned=True: the source model finds the "
-                            "target's lesions")
         if not 0.0 < self.identity_margin <= 1.0:
             raise BiglError(f"translator identity_margin must be in (0, 1], got {self.identity_margin!r}")
         if not isinstance(self.max_starts, int) or self.max_starts < self.starts:

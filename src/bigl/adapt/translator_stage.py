@@ -43,46 +43,34 @@ def source_to_target(g_s2t: Generator, xs: torch.Tensor, ys: torch.Tensor) -> to
     return g_s2t(xs, _masks(xs), tumour_condition(ys, k + 1) if k else None)
 
 
-def _lesion_weight(region: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A (B, H, W) lesion region -> (B, 1, H', W') weights of the PatchGAN outputs ``like``: 1 where the output's
-    cell of the image holds lesion, else 0."""
-    return F.adaptive_max_pool2d(region[:, None].float(), like.shape[-2:])
-
-
 class _TranslatorStart:
-    """One stage-1 start: both generators, the PatchGAN discriminators (D_t, D_s, and with ``cfg.lambda_lesion``
-    the lesion ones D_t^les, D_s^les) and their optimisers."""
+    """One stage-1 start: both generators, both PatchGAN discriminators and their optimisers."""
 
     def __init__(self, cfg: TranslatorTrainConfig, s2t_config: TranslatorConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.g_s2t, self.g_t2s = Generator(s2t_config).to(device), Generator(cfg.translator).to(device)
         self.d_t = PatchDiscriminator(cfg.discriminator).to(device)
         self.d_s = PatchDiscriminator(cfg.discriminator).to(device)
-        self.d_les = nn.ModuleDict({side: PatchDiscriminator(cfg.discriminator) for side in ("t", "s")}
-                                   if cfg.lambda_lesion else {}).to(device)
         self._optimisers()
         self.amp = distributed.Precision(device)
 
-    def _nets(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module, dict[str, nn.Module]]:
-        """(G_s→t, G_t→s, D_t, D_s, {side: lesion D}) as they train: under DDP in a torchrun job (wrapped on first
-        use)."""
+    def _nets(self) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:
+        """(G_s→t, G_t→s, D_t, D_s) as they train: under DDP in a torchrun job (wrapped on first use)."""
         if getattr(self, "_ddp", None) is None:
             ddp = distributed.current()
-            self._ddp = (*(distributed.wrap(m, ddp) for m in (self.g_s2t, self.g_t2s, self.d_t, self.d_s)),
-                         {side: distributed.wrap(d, ddp) for side, d in self.d_les.items()})
+            self._ddp = tuple(distributed.wrap(m, ddp) for m in (self.g_s2t, self.g_t2s, self.d_t, self.d_s))
         return self._ddp
 
     def _optimisers(self) -> None:
         lr, betas = self.cfg.lr, (0.5, 0.999)
         self.opt_g = torch.optim.Adam(list(self.g_s2t.parameters()) + list(self.g_t2s.parameters()), lr=lr, betas=betas)
-        self.opt_d = torch.optim.Adam(list(self.d_t.parameters()) + list(self.d_s.parameters())
-                                      + list(self.d_les.parameters()), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(list(self.d_t.parameters()) + list(self.d_s.parameters()), lr=lr, betas=betas)
 
     def flipped(self) -> _TranslatorStart:
         """The same initialisation with both generators' outputs negated: the opposite contrast polarity."""
         other = copy.copy(self)
-        other.g_s2t, other.g_t2s, other.d_t, other.d_s, other.d_les = (
-            copy.deepcopy(m) for m in (self.g_s2t, self.g_t2s, self.d_t, self.d_s, self.d_les))
+        other.g_s2t, other.g_t2s, other.d_t, other.d_s = (copy.deepcopy(m) for m in
+                                                          (self.g_s2t, self.g_t2s, self.d_t, self.d_s))
         with torch.no_grad():
             for g in (other.g_s2t, other.g_t2s):
                 out_conv = g.net[-1]
@@ -96,20 +84,14 @@ class _TranslatorStart:
              segmenter: DualAttentionUNet | None) -> dict[str, float]:
         """One alternating update: generators (discriminators frozen), then discriminators on detached fakes."""
         cfg, amp = self.cfg, self.amp
-        g_s2t, g_t2s, d_t, d_s, d_les = self._nets()
+        g_s2t, g_t2s, d_t, d_s = self._nets()
         ms, mt = _masks(xs), _masks(xt)
-        for d in (d_t, d_s, *d_les.values()):
+        for d in (d_t, d_s):
             d.requires_grad_(False)
         fake_t, fake_s = source_to_target(g_s2t, xs, ys), g_t2s(xt, mt)
         cond_t = torch.softmax(segmenter(fake_s), 1)[:, 1:] * mt if segmenter is not None else None
         # frozen discriminators run outside DDP: no gradient of theirs to synchronise
         loss_gan = lsgan_loss(self.d_t(fake_t), True) + lsgan_loss(self.d_s(fake_s), True)
-        if cfg.lambda_lesion:
-            # where the lesions are: the source labels; in the target, what the source model finds in x_t→s
-            les_s, les_t = ys > 0, cond_t.detach().sum(1) > 0.5
-            loss_gan = loss_gan + cfg.lambda_lesion * sum(
-                lsgan_loss(out, True, _lesion_weight(region, out))
-                for out, region in ((self.d_les["t"](fake_t), les_s), (self.d_les["s"](fake_s), les_t)))
         loss_cyc = F.l1_loss(g_t2s(fake_t, ms), xs) + F.l1_loss(g_s2t(fake_s, mt, cond_t), xt)
         loss_id = 0.0
         if cfg.lambda_id:
@@ -123,18 +105,10 @@ class _TranslatorStart:
         self.opt_g.zero_grad(set_to_none=True)
         amp.backward(loss_g)
         amp.step(self.opt_g)
-        for d in (d_t, d_s, *d_les.values()):
+        for d in (d_t, d_s):
             d.requires_grad_(True)
         loss_d = 0.5 * (lsgan_loss(d_t(xt), True) + lsgan_loss(d_t(fake_t.detach()), False)
                         + lsgan_loss(d_s(xs), True) + lsgan_loss(d_s(fake_s.detach()), False))
-        if cfg.lambda_lesion:       # each lesion D: real lesions of its domain against translated ones
-            d_real = {"t": (xt, les_t), "s": (xs, les_s)}
-            d_fake = {"t": (fake_t, les_s), "s": (fake_s, les_t)}
-            for side, d in d_les.items():
-                (real, r_region), (fake, f_region) = d_real[side], d_fake[side]
-                out_r, out_f = d(real), d(fake.detach())
-                loss_d = loss_d + 0.5 * (lsgan_loss(out_r, True, _lesion_weight(r_region, out_r))
-                                         + lsgan_loss(out_f, False, _lesion_weight(f_region, out_f)))
         self.opt_d.zero_grad(set_to_none=True)
         amp.backward(loss_d)
         amp.step(self.opt_d)
