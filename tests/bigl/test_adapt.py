@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import bigl.adapt.alignment
-import bigl.models.translator
 
 from bigl.adapt import AdaptConfig, TranslatorTrainConfig, adapt, pseudo_labels
 from bigl.checkpoint import load_bundle, save_bundle
@@ -391,6 +390,7 @@ def test_l_seg_keeps_the_source_models_dice_unless_told(tiny_bundle_path, split,
 def test_lesion_contrast_follows_the_source_model_and_moves_only_the_images_l_seg_reads(tiny_bundle_path, split,
                                                                                        monkeypatch):
     from bigl.adapt import alignment
+    from bigl.models.translator import Generator
 
     source = load_bundle(tiny_bundle_path)
     calls, fed, translated = [], [], []
@@ -411,7 +411,7 @@ def test_lesion_contrast_follows_the_source_model_and_moves_only_the_images_l_se
     hook = seg.register_forward_hook(lambda mod, args, out: fed.append(args[0]))
     xs, xt = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
     ys = torch.randint(0, 4, (2, 32, 32))
-    g = bigl.models.translator.Generator(TranslatorConfig(width=8, n_res_blocks=1))
+    g = Generator(TranslatorConfig(width=8, n_res_blocks=1))
     translated.clear()
     alignment.alignment_step(seg, disc, opt_seg, opt_d, xs, ys, xt, g, g, cfg, 1.0, None, teacher)
     hook.remove()
