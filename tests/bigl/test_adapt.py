@@ -401,7 +401,8 @@ def test_lesion_contrast_follows_the_source_model_and_moves_only_the_images_l_se
         source.provenance["config"] = {} if trained_with is None else {
             "augmentation": {"p_lesion_contrast": trained_with}}
         calls.clear()
-        res = adapt(source, split[0], "t1", split[1], "t2", _cfg(steps=1, lesion_contrast=asked), device="cpu")
+        res = adapt(source, split[0], "t1", split[1], "t2", _cfg(method="adaptseg", steps=1, lesion_contrast=asked),
+                    device="cpu")
         assert res.bundle.provenance["config"]["lesion_contrast"] == expected
         assert [p for *_, p in calls] == ([expected] if expected else [])   # once per step, on x_s only
     # one step by hand: Φ reads the moved x_s, and x_s→t is made from the unmoved one
