@@ -89,10 +89,14 @@ def spatial(x: Tensor, y: Tensor, cfg: AugmentConfig, gen: torch.Generator | Non
         disp = disp / disp.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * amp[:, None, None, None]
         grid = grid + disp.permute(0, 2, 3, 1) * torch.tensor([2.0 / w, 2.0 / h], device=dev)
     xo = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    mask = F.grid_sample((x != 0).any(1, keepdim=True).float(), grid, mode="nearest", padding_mode="zeros",
-                         align_corners=False)
+    mask = F.grid_sample(_brain(x), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     yo = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return xo * mask, yo[:, 0].round().long()
+
+
+def _brain(x: Tensor) -> Tensor:
+    """(B, 1, H, W) float mask of the brain: pixels non-zero in any channel."""
+    return (x != 0).any(1, keepdim=True).float()
 
 
 def _brain_stats(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -126,7 +130,7 @@ def intensity(x: Tensor, cfg: AugmentConfig) -> Tensor:
     """Gamma (also inverted), brightness, contrast, noise, blur, low resolution and bias field, inside the brain."""
     b, c, h, w = x.shape
     dev = x.device
-    mask = (x != 0).any(1, keepdim=True).float()
+    mask = _brain(x)
     sel = lambda p: _per_sample(p, b, dev)[:, None, None, None]  # noqa: E731
 
     # gamma on the brain's [min, max] range, statistics restored afterwards (nnU-Net's rule)
@@ -180,7 +184,7 @@ def gin(x: Tensor, layers: int = 4, width: int = 8) -> Tensor:
     a random α, so shapes stay and intensities (contrast) are re-drawn.
     """
     b, c, h, w = x.shape
-    mask = (x != 0).any(1, keepdim=True).float()
+    mask = _brain(x)
     z = x.reshape(1, b * c, h, w)
     ch_in = 1
     for i in range(layers):
@@ -199,7 +203,7 @@ def gin(x: Tensor, layers: int = 4, width: int = 8) -> Tensor:
 def random_remap(x: Tensor, knots: int = 6) -> Tensor:
     """Random smooth (not necessarily monotone) intensity curve per sample and channel, applied inside the brain."""
     b, c, h, w = x.shape
-    mask = (x != 0).any(1, keepdim=True).float()
+    mask = _brain(x)
     _, _, lo, hi = _brain_stats(x, mask)
     u = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)                 # (B, C, H, W) in [0, 1]
     ys = torch.rand(b * c, 1, 1, knots, device=x.device)                   # curve values at the knots
@@ -221,7 +225,7 @@ def lesion_contrast(x: Tensor, y: Tensor, p: float, shift: float) -> Tensor:
     on = _per_sample(p, b, x.device)
     if not on.any():
         return x
-    mask = (x != 0).any(1, keepdim=True).float()
+    mask = _brain(x)
     _, sd, _, _ = _brain_stats(x, mask)
     sd = sd.mean(1, keepdim=True)                                               # (B, 1, 1, 1)
     onehot = torch.stack([(y == k) for k in (1, 2, 3)], 1).float()              # (B, 3, H, W)
