@@ -1,10 +1,13 @@
-"""How an adapted bundle's translator G_t→s renders each tissue, against the same case's real source image.
+"""How an adapted bundle's translator renders each tissue, against the same case's real image of the other sequence.
 
-    python benchmarks/translation_tissues.py --model ADAPTED --data DIR --target t2 --source t1 [--figure out.png]
+    python benchmarks/translation_tissues.py --model ADAPTED --data DIR --target t2 --source t1 \
+        [--direction t2s|s2t] [--figure out.png]
 
-Both images z-scored inside the brain (bigl.preprocess); per case the mean of G_t→s(x_t) / of the real x_s over
-the non-tumour brain, edema, necrosis and enhancing tumour (the labels are read only for this check). The figure:
-each case's largest tumour slice as target, G_t→s(target) and real source, anterior up.
+``t2s`` (the default): G_t→s(x_t) against the real x_s; ``s2t``: G_s→t(x_s) — conditioned on the case's labels
+when G_s→t is label-conditioned, as in adaptation — against the real x_t. Both images z-scored inside the brain
+(bigl.preprocess); per case the mean of the translation / of the real image over the non-tumour brain, edema,
+necrosis and enhancing tumour (the labels are read only for this check). The figure: each case's largest tumour
+slice as input, its translation and the real image, anterior up.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import argparse
 import numpy as np
 import torch
 
+from bigl.adapt import source_to_target
 from bigl.checkpoint import load_bundle
 from bigl.io import list_cases, load_images, load_labels
-from bigl.preprocess import brain_mask, normalize
+from bigl.preprocess import brain_mask, labels_to_classes, normalize
 from bigl.render import save_png, tile
 
 TISSUES = ((0, "brain"), (2, "edema"), (1, "necrosis"), (4, "enhancing"))
@@ -28,34 +32,42 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--source", required=True)
+    p.add_argument("--direction", choices=("t2s", "s2t"), default="t2s")
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--figure", default=None)
     a = p.parse_args()
-    g = load_bundle(a.model).translator_t2s
+    bundle = load_bundle(a.model)
+    g = bundle.translator_t2s if a.direction == "t2s" else bundle.translator_s2t
     if g is None:
         raise SystemExit(f"{a.model} has no translator (adapt with --method bigl, translate, cycada or sifa)")
     g.eval()
+    # what is translated (x_in) and what it is compared with (x_real)
+    seq_in, seq_real = (a.target, a.source) if a.direction == "t2s" else (a.source, a.target)
     print("case: fake / real mean z of " + ", ".join(n for _, n in TISSUES))
     panels = []
     for case in list_cases(a.data)[: a.cases]:
-        imgs = load_images(case, (a.target, a.source))
-        xt, xs = (np.asarray(imgs[s].data, np.float32) for s in (a.target, a.source))
+        imgs = load_images(case, (seq_in, seq_real))
+        x_in, x_real = (np.asarray(imgs[s].data, np.float32) for s in (seq_in, seq_real))
         seg = np.asarray(load_labels(case).data)
-        m = brain_mask(xt)
-        nt, ns = normalize(xt, m), normalize(xs, brain_mask(xs))
+        m = brain_mask(x_in)
+        n_in, n_real = normalize(x_in, m), normalize(x_real, brain_mask(x_real))
         with torch.no_grad():
-            t = torch.from_numpy(np.ascontiguousarray(nt[:, None]))           # (z, 1, y, x): axial slices
-            f = g(t, (t != 0).float())[:, 0].numpy()
+            t = torch.from_numpy(np.ascontiguousarray(n_in[:, None]))           # (z, 1, y, x): axial slices
+            if a.direction == "t2s":
+                f = g(t, (t != 0).float())[:, 0].numpy()
+            else:
+                f = source_to_target(g, t, torch.from_numpy(labels_to_classes(seg).astype(np.int64)))[:, 0].numpy()
         f = (f - f[m].mean()) / (f[m].std() + 1e-6) * m
         row = []
         for lab, _ in TISSUES:
             sel = m & (seg == lab)
-            row.append(f"{f[sel].mean():+.2f} / {ns[sel].mean():+.2f}" if sel.sum() >= 20 else "–")
+            row.append(f"{f[sel].mean():+.2f} / {n_real[sel].mean():+.2f}" if sel.sum() >= 20 else "–")
         print(f"{case.case_id}: " + ", ".join(row))
         if a.figure and len(panels) < 12:
             z = int(np.argmax((seg > 0).sum((1, 2))))
             view = lambda v: v[z][::-1]  # noqa: E731  (bigl.io's (z, y, x): anterior up)
-            panels += [(f"{case.case_id} {a.target}", view(nt)), ("G_t->s", view(f)), (f"real {a.source}", view(ns))]
+            name = "G_t->s" if a.direction == "t2s" else "G_s->t"
+            panels += [(f"{case.case_id} {seq_in}", view(n_in)), (name, view(f)), (f"real {seq_real}", view(n_real))]
     if a.figure:
         save_png(tile(panels, columns=3), a.figure)
 
