@@ -161,9 +161,6 @@ def test_translator_training_moves_both_generators_and_conditions_g_s2t(tiny_bun
     unconditioned, _ = train_translator(src, tgt, patch, replace(cfg, steps=1, label_conditioned=False),
                                         np.random.default_rng(0), torch.device("cpu"))
     assert unconditioned.config.cond_channels == 0
-    lesion_free, _ = train_translator(src, tgt, patch, replace(cfg, steps=1, lesion_cycle_s2t=False),
-                                      np.random.default_rng(0), torch.device("cpu"), segmenter=seg)
-    assert lesion_free.config.cond_channels == 3
 
 
 def test_paired_translator_trains_on_same_subject_slices(tiny_bundle_path, split, tmp_path):
@@ -186,33 +183,6 @@ def test_paired_translator_trains_on_same_subject_slices(tiny_bundle_path, split
     with pytest.raises(BiglError, match="same cases"):
         train_translator(src, tgt[:1], patch_size_for(src, seg.stride), cfg, np.random.default_rng(0),
                          torch.device("cpu"), segmenter=seg)
-
-
-def test_source_cycle_inside_the_lesion_can_stop_at_g_s2t():
-    """lesion_cycle_s2t=False: the source cycle's lesion pixels send no gradient into x_s→t (so none into G_s→t),
-    and still train G_t→s; the loss's value is the same either way."""
-    from bigl.adapt.translator_stage import source_cycle_loss
-    from bigl.models.translator import Generator
-
-    torch.manual_seed(0)
-    g_t2s = Generator(TINY_TRANSLATOR.translator)
-    xs = torch.rand(2, 1, 16, 16) + 0.5
-    ys = torch.zeros(2, 16, 16, dtype=torch.long)
-    ys[:, 4:8, 4:8] = 2                                       # a lesion of 4 x 4 pixels in both slices
-    losses, grads = [], []
-    for through in (True, False):
-        fake_t = (xs * 2.0).requires_grad_(True)
-        g_t2s.zero_grad()
-        loss = source_cycle_loss(g_t2s, fake_t, xs, ys, through)
-        loss.backward()
-        losses.append(float(loss))
-        grads.append(fake_t.grad[:, 0])
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g_t2s.parameters())
-    assert losses[0] == pytest.approx(losses[1])
-    lesion = ys > 0
-    assert grads[0][lesion].abs().sum() > 0                   # on: the lesion's cycle reaches x_s→t
-    assert grads[1][lesion].abs().sum() == 0                  # off: it stops there
-    assert torch.allclose(grads[0][~lesion], grads[1][~lesion]) and grads[1][~lesion].abs().sum() > 0
 
 
 def test_translator_starts_are_screened_and_the_closest_one_continues(tiny_bundle_path, split, monkeypatch):

@@ -29,12 +29,6 @@ class TranslatorTrainConfig:
     lambda_hist: float = 5.0
     source_tumour_fraction: float = 0.0   # >0: source slices drawn from tumour slices (target: uniform), see docs
     label_conditioned: bool = True  # G_s→t also reads the source label map (target cycle: Φ_0's softmax of x_t→s)
-    # False: the source cycle |G_t→s(G_s→t(x_s)) - x_s| inside the labelled lesion stops at x_s→t, so it trains
-    # G_t→s (to map x_s→t's lesion back) but not G_s→t. With it on, the cycle ties the label-conditioned G_s→t's
-    # lesion to what the local, unconditioned G_t→s can invert, and G_t→s maps a T2-bright edema to T1's dark
-    # CSF: G_s→t learnt to render edema at white matter's T2 level (docs/results.md, "The source cycle inside
-    # the lesion").
-    lesion_cycle_s2t: bool = True
     paired: bool = False          # Eq. 1's L1 to the real target image; needs co-registered same-subject pairs
     lambda_paired: float = 10.0
     # A *local* generator (no downsampling, 3x3 convs, 9-pixel receptive field): MR sequences differ

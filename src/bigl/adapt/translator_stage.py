@@ -43,14 +43,6 @@ def source_to_target(g_s2t: Generator, xs: torch.Tensor, ys: torch.Tensor) -> to
     return g_s2t(xs, _masks(xs), tumour_condition(ys, k + 1) if k else None)
 
 
-def source_cycle_loss(g_t2s: Generator, fake_t: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor,
-                      lesion_through_s2t: bool = True) -> torch.Tensor:
-    """|G_t→s(x_s→t) - x_s|; with ``lesion_through_s2t`` False no gradient reaches x_s→t inside the lesion (ys > 0)."""
-    if not lesion_through_s2t:
-        fake_t = torch.where(ys[:, None] > 0, fake_t.detach(), fake_t)
-    return F.l1_loss(g_t2s(fake_t, _masks(xs)), xs)
-
-
 class _TranslatorStart:
     """One stage-1 start: both generators, both PatchGAN discriminators and their optimisers."""
 
@@ -100,8 +92,7 @@ class _TranslatorStart:
         cond_t = torch.softmax(segmenter(fake_s), 1)[:, 1:] * mt if segmenter is not None else None
         # frozen discriminators run outside DDP: no gradient of theirs to synchronise
         loss_gan = lsgan_loss(self.d_t(fake_t), True) + lsgan_loss(self.d_s(fake_s), True)
-        loss_cyc = (source_cycle_loss(g_t2s, fake_t, xs, ys, cfg.lesion_cycle_s2t)
-                    + F.l1_loss(g_s2t(fake_s, mt, cond_t), xt))
+        loss_cyc = F.l1_loss(g_t2s(fake_t, ms), xs) + F.l1_loss(g_s2t(fake_s, mt, cond_t), xt)
         loss_id = 0.0
         if cfg.lambda_id:
             loss_id = (F.l1_loss(g_s2t(xt, mt, cond_t.detach() if cond_t is not None else None), xt)
