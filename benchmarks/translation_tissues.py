@@ -37,12 +37,16 @@ def main() -> None:
     p.add_argument("--figure", default=None)
     a = p.parse_args()
     bundle = load_bundle(a.model)
-    g = bundle.translator_t2s if a.direction == "t2s" else bundle.translator_s2t
+    # the generator, what it translates (seq_in) and what its output is compared with (seq_real)
+    if a.direction == "t2s":
+        g, seq_in, seq_real, name = bundle.translator_t2s, a.target, a.source, "G_t->s"
+        translate = lambda t, seg: g(t, (t != 0).float())  # noqa: E731
+    else:
+        g, seq_in, seq_real, name = bundle.translator_s2t, a.source, a.target, "G_s->t"
+        translate = lambda t, seg: source_to_target(g, t, torch.from_numpy(labels_to_classes(seg)))  # noqa: E731
     if g is None:
         raise SystemExit(f"{a.model} has no translator (adapt with --method bigl, translate, cycada or sifa)")
     g.eval()
-    # what is translated (x_in) and what it is compared with (x_real)
-    seq_in, seq_real = (a.target, a.source) if a.direction == "t2s" else (a.source, a.target)
     print("case: fake / real mean z of " + ", ".join(n for _, n in TISSUES))
     panels = []
     for case in list_cases(a.data)[: a.cases]:
@@ -53,10 +57,7 @@ def main() -> None:
         n_in, n_real = normalize(x_in, m), normalize(x_real, brain_mask(x_real))
         with torch.no_grad():
             t = torch.from_numpy(np.ascontiguousarray(n_in[:, None]))           # (z, 1, y, x): axial slices
-            if a.direction == "t2s":
-                f = g(t, (t != 0).float())[:, 0].numpy()
-            else:
-                f = source_to_target(g, t, torch.from_numpy(labels_to_classes(seg).astype(np.int64)))[:, 0].numpy()
+            f = translate(t, seg)[:, 0].numpy()
         f = (f - f[m].mean()) / (f[m].std() + 1e-6) * m
         row = []
         for lab, _ in TISSUES:
@@ -66,7 +67,6 @@ def main() -> None:
         if a.figure and len(panels) < 12:
             z = int(np.argmax((seg > 0).sum((1, 2))))
             view = lambda v: v[z][::-1]  # noqa: E731  (bigl.io's (z, y, x): anterior up)
-            name = "G_t->s" if a.direction == "t2s" else "G_s->t"
             panels += [(f"{case.case_id} {seq_in}", view(n_in)), (name, view(f)), (f"real {seq_real}", view(n_real))]
     if a.figure:
         save_png(tile(panels, columns=3), a.figure)
