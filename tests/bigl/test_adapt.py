@@ -525,3 +525,39 @@ def test_weight_ema_keeps_the_moving_average_of_the_segmenter(tiny_bundle_path, 
         assert p.requires_grad
     assert not torch.equal(next(kept.parameters()), trained[next(iter(dict(kept.named_parameters())))])
     assert res.snapshots[-1].state.keys() == before.keys()
+
+
+def test_round_trip_shows_the_segmenter_g_t2s_rendering_of_moved_labelled_lesions(tiny_bundle_path, split,
+                                                                                  monkeypatch):
+    from bigl.adapt import alignment
+    from bigl.models.translator import Generator
+
+    source = load_bundle(tiny_bundle_path)
+    moved, fed_t2s = [], []
+    monkeypatch.setattr(alignment, "lesion_contrast",
+                        lambda x, y, p, shift: moved.append((x, y, p, shift)) or x + 7.0)
+    monkeypatch.setattr(alignment, "source_to_target", lambda g, x, y: x * 0 + 3.0)
+    g_t2s = Generator(TranslatorConfig(width=8, n_res_blocks=1))
+    g_t2s.register_forward_hook(lambda mod, args, out: fed_t2s.append(args[0]))
+    xs, xt = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+    ys = torch.randint(0, 4, (2, 32, 32))
+    # only BiGL has the stream (the baselines keep their published losses)
+    for method, weight in (("bigl", 1.0), ("bigl", 0.0), ("cycada", 1.0)):
+        cfg = _cfg(method=method, lambda_round_trip=weight, round_trip_shift=2.0).for_source(source)
+        seg = source.segmenter
+        disc, teacher, opt_seg, opt_d = alignment.alignment_setup(seg, cfg, torch.device("cpu"))
+        moved.clear(), fed_t2s.clear()
+        terms = alignment.alignment_step(seg, disc, opt_seg, opt_d, xs, ys, xt, g_t2s, g_t2s, cfg, 1.0, None,
+                                         teacher)
+        if method == "bigl" and weight:
+            # every x_s→t slice has its lesion moved (p = 1) by up to the configured shift, with y_s's classes,
+            # then goes through G_t→s, and Φ learns it with y_s
+            (x, y, p, shift), = moved
+            assert torch.equal(x, xs * 0 + 3.0) and torch.equal(y, ys) and (p, shift) == (1.0, 2.0)
+            assert any(torch.equal(f, xs * 0 + 10.0) for f in fed_t2s)
+            assert terms["seg_s2t2s"] > 0
+        else:
+            assert not moved and "seg_s2t2s" not in terms
+            assert not any(torch.equal(f, xs * 0 + 10.0) for f in fed_t2s)
+    with pytest.raises(BiglError, match="lambda_round_trip"):
+        AdaptConfig(lambda_round_trip=-1.0)

@@ -238,24 +238,27 @@ def test_train_and_evaluate_several_sequences(tiny_dataset, tmp_path, capsys):
     assert "(t2+flair, 4 cases)" in capsys.readouterr().out
 
 
-def test_adapt_passes_lesion_contrast_or_leaves_it_to_the_source_model(tiny_bundle_path, tmp_path, monkeypatch,
-                                                                       capsys):
+def test_adapt_passes_lesion_contrast_and_round_trip_or_leaves_them_to_their_defaults(tiny_bundle_path, tmp_path,
+                                                                                    monkeypatch, capsys):
     import bigl.adapt
 
     seen = []
 
     def stop(source, src, s_seq, tgt, t_seq, cfg, **kw):
-        seen.append(cfg.lesion_contrast)
+        seen.append((cfg.lesion_contrast, cfg.lambda_round_trip))
         raise BiglError("stopped by the test")
 
     monkeypatch.setattr(bigl.adapt, "adapt", stop)
     base = ["adapt", "--model", str(tiny_bundle_path), "--source-data", "s", "--source-modality", "t1",
             "--target-data", "t", "--target-modality", "t2", "--out", str(tmp_path / "a.safetensors")]
-    assert main(base) == 2 and main(base + ["--lesion-contrast", "0.25"]) == 2
-    assert seen == [None, 0.25]
+    assert main(base) == 2 and main(base + ["--lesion-contrast", "0.25", "--round-trip", "0"]) == 2
+    assert seen == [(None, bigl.adapt.AdaptConfig.lambda_round_trip), (0.25, 0.0)]
     with pytest.raises(SystemExit):
         main(base + ["--lesion-contrast", "2"])
     assert "must be from 0 to 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--round-trip", "-1"])
+    assert "must be a finite number >= 0" in capsys.readouterr().err
 
 
 def test_progress_bars_one_per_stage_on_a_terminal(capsys):

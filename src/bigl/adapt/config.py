@@ -118,6 +118,13 @@ class AdaptConfig:
     # tumour classes are brightened or darkened at random, so Φ keeps reading a lesion by its shape while it is
     # aligned. None: the source model's own training share (its provenance; 0 for models that do not say).
     lesion_contrast: float | None = None
+    # BiGL's round-trip stream (beyond the paper; docs/adaptation.md): L_seg, weighted lambda_round_trip, on
+    # G_t→s(x_s→t with each tumour class moved by its own offset of up to ±round_trip_shift brain SDs) with y_s.
+    # An unpaired translator renders normal tissue faithfully but a lesion only as well as the lesion's small
+    # share of the images taught it; this shows Φ how G_t→s renders a labelled lesion of any brightness in the
+    # target sequence, the one it meets in real x_t→s among them. 0: off.
+    lambda_round_trip: float = 1.0
+    round_trip_shift: float = 2.5
     seed: int = 0
     workers: int = 1              # data-loading worker processes per stream (0: in the training process)
     translator: TranslatorTrainConfig = field(default_factory=TranslatorTrainConfig)
@@ -134,6 +141,9 @@ class AdaptConfig:
         if self.lesion_contrast is not None and not 0.0 <= self.lesion_contrast <= 1.0:
             raise BiglError(f"lesion_contrast must be in [0, 1] (or None: the source model's), "
                             f"got {self.lesion_contrast!r}")
+        if self.lambda_round_trip < 0 or self.round_trip_shift < 0:
+            raise BiglError(f"lambda_round_trip and round_trip_shift must be >= 0, got {self.lambda_round_trip!r} "
+                            f"and {self.round_trip_shift!r}")
         if self.inference not in ("direct", "translate", "ensemble"):
             raise BiglError(f"unknown inference mode {self.inference!r}; use direct, translate or ensemble")
 

@@ -17,7 +17,8 @@ from bigl.errors import BiglError
 from bigl.io import SEQUENCES
 from bigl.models.segmenter import HEADS
 from bigl.cli._args import (MIRROR, TRAIN_DEFAULTS, TextProgress, bundle_outputs, common_options, data_options,
-                            main_process, mirror_option, positive_float, positive_int, probability)
+                            main_process, mirror_option, nonnegative_float, positive_float, positive_int,
+                            probability)
 from bigl.cli import research
 from bigl.train import TrainConfig
 
@@ -170,7 +171,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     out = Path(args.out)
     bundle_outputs(out, overwrite=args.overwrite)
     cfg = AdaptConfig(method=args.method, self_train=args.self_train, seed=args.seed, workers=args.workers,
-                      lesion_contrast=args.lesion_contrast, **({"steps": args.steps} if args.steps is not None else {}))
+                      lesion_contrast=args.lesion_contrast,
+                      **{k: v for k, v in (("steps", args.steps), ("lambda_round_trip", args.round_trip)) if v is not None})
     source = load_bundle(args.model)
     if args.source_modality not in source.sequences:
         raise BiglError(f"{args.model} was trained on {', '.join(source.sequences)}, not {args.source_modality}; "
@@ -311,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lesion-contrast", type=probability, default=None, metavar="P",
                    help="share of source slices whose tumour classes are brightened or darkened at random while "
                         "the segmenter is adapted (default: the source model's own --lesion-contrast)")
+    p.add_argument("--round-trip", type=nonnegative_float, default=None, metavar="W",
+                   help="BiGL: weight of the segmentation loss on G_t->s(x_s->t with its lesions brightened or "
+                        "darkened at random), which teaches the segmenter how the translator renders a lesion "
+                        "(0: off; default from AdaptConfig, 1)")
     data_options(p)
     common_options(p, seed=True)
     p.set_defaults(func=_cmd_adapt)

@@ -68,7 +68,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--methods", nargs="+", default=None, metavar="KEY",
                    help="rows to run (default all): source-only adaptseg translate cycada bigl-out bigl-out-feat "
-                        "bigl bigl-st bigl-paper sifa target-only source-only-contrast target-only-multi")
+                        "bigl bigl-st bigl-no-rt bigl-paper sifa target-only source-only-contrast target-only-multi")
     p.add_argument("--lambda-gtl", type=float, nargs="+", default=(), metavar="W",
                    help="also run BiGL once per feature/attention weight W (the paper's Table 5), e.g. 0.02 0.1 0.5")
     p.add_argument("--steps", type=positive_int, default=None, help="alignment steps per method")
