@@ -1,10 +1,10 @@
 """Stage 2: one alternating update of the shared segmenter Φ and its alignment discriminators.
 
 BiGL aligns features and position/channel attention maps (D^Feat, D^Pos, D^Cha, both sides) and adds the
-output consistency L_out and, beyond the paper, L_seg on the round trip G_t→s(lesion-moved x_s→t); the AdaptSegNet and CyCADA baselines align softmax outputs with one PatchGAN
-discriminator (CyCADA on x_s→t instead of x_s). The SIFA-style baseline learns from x_s→t with labels like
-CyCADA and aligns both Φ's encoder features and its outputs between x_s→t and x_t (docs/adaptation.md says
-where it differs from SIFA).
+output consistency L_out and, beyond the paper, L_seg on the round trip G_t→s(lesion-moved x_s→t); the
+AdaptSegNet and CyCADA baselines align softmax outputs with one PatchGAN discriminator (CyCADA on x_s→t
+instead of x_s). The SIFA-style baseline learns from x_s→t with labels like CyCADA and aligns both Φ's encoder
+features and its outputs between x_s→t and x_t (docs/adaptation.md says where it differs from SIFA).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def alignment_step(seg: DualAttentionUNet, disc: nn.ModuleDict, opt_seg, opt_d, 
             if weight:
                 streams[n] = lesion_contrast(streams[n], ys, cfg.lesion_contrast, AugmentConfig.lesion_shift)
     if cfg.method == "bigl" and cfg.lambda_round_trip:
-        with torch.no_grad():               # the round trip: a labelled lesion of any target brightness, through G_t→s
+        with torch.no_grad():               # a labelled lesion of any target brightness, through G_t→s
             moved = lesion_contrast(streams["s2t"], ys, 1.0, cfg.round_trip_shift)
             streams["s2t2s"] = g_t2s(moved, _masks(moved))
         weights["s2t2s"] = cfg.lambda_round_trip

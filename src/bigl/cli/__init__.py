@@ -170,9 +170,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     bundle_outputs(out, overwrite=args.overwrite)
+    given = {"steps": args.steps, "lambda_round_trip": args.round_trip}     # None: AdaptConfig's default
     cfg = AdaptConfig(method=args.method, self_train=args.self_train, seed=args.seed, workers=args.workers,
-                      lesion_contrast=args.lesion_contrast,
-                      **{k: v for k, v in (("steps", args.steps), ("lambda_round_trip", args.round_trip)) if v is not None})
+                      lesion_contrast=args.lesion_contrast, **{k: v for k, v in given.items() if v is not None})
     source = load_bundle(args.model)
     if args.source_modality not in source.sequences:
         raise BiglError(f"{args.model} was trained on {', '.join(source.sequences)}, not {args.source_modality}; "
