@@ -44,9 +44,8 @@ ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "bigl-st": ("BiGL + self-training", "bigl", {"self_train": True}),
     "bigl-no-rt": ("BiGL without the round trip", "bigl", {"lambda_round_trip": 0.0}),
     # the loss exactly as the paper writes it: L_seg on x_s→t too, no source-model anchor, no round trip
-    "bigl-paper": ("BiGL, paper losses (L_seg on x_s→t, no anchor)", "bigl", {"lambda_seg_s2t": 1.0,
-                                                                            "lambda_anchor": 0.0,
-                                                                            "lambda_round_trip": 0.0}),
+    "bigl-paper": ("BiGL, paper losses (L_seg on x_s→t, no anchor)", "bigl",
+                   {"lambda_seg_s2t": 1.0, "lambda_anchor": 0.0, "lambda_round_trip": 0.0}),
     "sifa": ("SIFA-style (image + feature + output)", "sifa", {}),
     "target-only": ("Target only (upper bound)", "", {}),
     # supervised rows beyond the paper: the source model trained with GIN contrast randomisation, segmenting the

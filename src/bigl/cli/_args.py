@@ -22,25 +22,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def _finite_float(text: str, bound: str) -> float:
+    """A finite float above 0 (``bound`` ">") or at least 0 (">="), or argparse's error naming the bound."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number {bound} 0, got {text!r}") from None
+    if not ((value > 0 if bound == ">" else value >= 0) and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound} 0, got {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate)."""
+    return _finite_float(text, ">")
 
 
 def nonnegative_float(text: str) -> float:
     """argparse type: a finite number >= 0 (a weight; 0 turns its term off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+    return _finite_float(text, ">=")
 
 
 def probability(text: str) -> float:
