@@ -32,9 +32,9 @@ from bigl.progress import ProgressFn
 log = logging.getLogger(__name__)
 
 Cases = list[tuple[Case, dict[str, Volume], Volume]]
-# `bigl adapt` with defaults on this project's 2-core reference CPU, measured (docs/adaptation.md: 25.3 min on
+# `bigl adapt` with defaults on this project's 2-core reference CPU, measured (docs/adaptation.md: 14.3 min on
 # 12 + 12 cases by benchmarks/adapt_time.py, 2026-12-02; the time follows the step counts, not the case count)
-ADAPT_MINUTES = 25
+ADAPT_MINUTES = 15
 
 
 @dataclass
